@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# benches/load.sh — load comparison of pinhole, unbound and dnsmasq with dnsperf.
+#
+# Every server under test is configured alike (listen 127.0.0.1:5310, forward
+# everything to one authoritative knotd on 127.0.0.1:5300, cache on), started
+# fresh for every workload, pinned to CPU 0; dnsperf and knotd run on CPU 1.
+# All figures come from one run of this script, so the ratios compare like
+# with like on the same machine, kernel and moment.
+#
+# Usage:
+#   benches/load.sh [--duration S] [--servers "pinhole unbound dnsmasq"]
+#                   [--workloads "cached miss blocked"] [--clients N] [-h]
+#
+# Environment (flags win over environment):
+#   DURATION=10            seconds of load per (server, workload)
+#   SERVERS="pinhole unbound dnsmasq"   any subset, in any order
+#   WORKLOADS="cached miss blocked"     any subset, in any order
+#   CLIENTS=4              dnsperf -c (UDP sockets)
+#   OUTSTANDING=100        dnsperf -q (queries in flight at most)
+#   MAX_QPS=               dnsperf -Q (empty: unlimited)
+#   NAMES=200000           unique u<N>.bench.test names in the zone / miss workload
+#   BLOCKED_NAMES=10000    distinct x<N>.blocked.test names (file is looped)
+#   SERVER_CPU=0 LOAD_CPU=1  CPUs for the server under test / dnsperf + knotd
+#   PINHOLE_BIN=           use this binary instead of building target/release/pinhole
+#   SKIP_BUILD=0           1: do not run cargo build --release
+#   SKIP_INSTALL=0         1: never apt-get install missing tools
+#   PINHOLE_LOG=warn       RUST_LOG given to pinhole
+#   OUT_DIR=<repo>/bench-results   where load-<date>.md is written
+#   KEEP_TMP=0             1: keep the /tmp work dir (configs, logs, dnsperf output)
+#
+# Traffic goes only to 127.0.0.1 (ports 5300 and 5310). Every dnsperf run is
+# bounded by -l DURATION (and an outer `timeout`), every wait loop is bounded,
+# and all processes started here are stopped on exit (trap EXIT).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ORIG_CMD=$(printf '%q ' "$0" "$@")
+ORIG_CMD=${ORIG_CMD% }
+
+usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --servers) SERVERS=$2; shift 2 ;;
+        --workloads) WORKLOADS=$2; shift 2 ;;
+        --clients) CLIENTS=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "load.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+DURATION=${DURATION:-10}
+SERVERS=${SERVERS:-"pinhole unbound dnsmasq"}
+WORKLOADS=${WORKLOADS:-"cached miss blocked"}
+CLIENTS=${CLIENTS:-4}
+OUTSTANDING=${OUTSTANDING:-100}
+MAX_QPS=${MAX_QPS:-}
+NAMES=${NAMES:-200000}
+BLOCKED_NAMES=${BLOCKED_NAMES:-10000}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PINHOLE_BIN=${PINHOLE_BIN:-}
+SKIP_BUILD=${SKIP_BUILD:-0}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+PINHOLE_LOG=${PINHOLE_LOG:-warn}
+OUT_DIR=${OUT_DIR:-$ROOT/bench-results}
+KEEP_TMP=${KEEP_TMP:-0}
+
+# Fixed on purpose: this script must only ever talk to loopback.
+ADDR=127.0.0.1
+UP_PORT=5300
+PORT=5310
+CACHE_ENTRIES=500000      # pinhole max_entries and dnsmasq --cache-size
+CACHED_ADDR=192.0.2.1     # answer data only (TEST-NET-1), never contacted
+
+export PATH="$PATH:/usr/sbin:/sbin"
+
+die() { echo "load.sh: $*" >&2; exit 1; }
+log() { echo "load.sh: $*" >&2; }
+
+# ---------------------------------------------------------------- validation
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_uint "$DURATION" && [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 3600 ] || die "DURATION must be 1..3600 seconds"
+is_uint "$CLIENTS" && [ "$CLIENTS" -ge 1 ] || die "CLIENTS must be a positive integer"
+is_uint "$OUTSTANDING" && [ "$OUTSTANDING" -ge 1 ] || die "OUTSTANDING must be a positive integer"
+[ -z "$MAX_QPS" ] || is_uint "$MAX_QPS" || die "MAX_QPS must be empty or an integer"
+is_uint "$NAMES" && [ "$NAMES" -ge 1 ] && [ "$NAMES" -lt 16777216 ] || die "NAMES must be 1..16777215"
+is_uint "$BLOCKED_NAMES" && [ "$BLOCKED_NAMES" -ge 1 ] || die "BLOCKED_NAMES must be a positive integer"
+is_uint "$SERVER_CPU" && is_uint "$LOAD_CPU" || die "SERVER_CPU/LOAD_CPU must be CPU numbers"
+for s in $SERVERS; do
+    case $s in pinhole|unbound|dnsmasq) ;; *) die "unknown server '$s' (pinhole unbound dnsmasq)" ;; esac
+done
+for w in $WORKLOADS; do
+    case $w in cached|miss|blocked) ;; *) die "unknown workload '$w' (cached miss blocked)" ;; esac
+done
+[ -n "${SERVERS// /}" ] || die "SERVERS is empty"
+[ -n "${WORKLOADS// /}" ] || die "WORKLOADS is empty"
+has_server() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+NCPU=$(nproc --all 2>/dev/null || getconf _NPROCESSORS_ONLN)
+if [ "$SERVER_CPU" -ge "$NCPU" ] || [ "$LOAD_CPU" -ge "$NCPU" ]; then
+    die "SERVER_CPU=$SERVER_CPU / LOAD_CPU=$LOAD_CPU do not exist on this ${NCPU}-CPU machine"
+fi
+[ "$SERVER_CPU" != "$LOAD_CPU" ] || log "warning: server and load generator share CPU $SERVER_CPU"
+
+# ------------------------------------------------------------------- install
+install_missing() {
+    local pkgs=()
+    command -v dnsperf >/dev/null || pkgs+=(dnsperf)
+    command -v knotd >/dev/null || pkgs+=(knot)
+    command -v kdig >/dev/null || pkgs+=(knot-dnsutils)
+    command -v taskset >/dev/null || pkgs+=(util-linux)
+    if has_server unbound; then command -v unbound >/dev/null || pkgs+=(unbound); fi
+    # dnsmasq-base is the binary without the system service (which would try
+    # to take port 53); it is what the `dnsmasq` package depends on.
+    if has_server dnsmasq; then command -v dnsmasq >/dev/null || pkgs+=(dnsmasq-base); fi
+    [ ${#pkgs[@]} -gt 0 ] || return 0
+    [ "$SKIP_INSTALL" = 1 ] && die "missing tools (${pkgs[*]}) and SKIP_INSTALL=1"
+    [ "$(id -u)" = 0 ] || die "missing packages: ${pkgs[*]} (install them, or run as root)"
+    log "installing ${pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+}
+install_missing
+
+# --------------------------------------------------------- process handling
+TMP=$(mktemp -d /tmp/pinhole-load.XXXXXX)
+PIDS=()
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$p"; done
+    if [ "$KEEP_TMP" = 1 ] || [ $rc -ne 0 ]; then
+        log "work dir kept: $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_busy() {
+    command -v ss >/dev/null || return 1
+    [ -n "$(ss -Hlnu "sport = :$1" 2>/dev/null)$(ss -Hlnt "sport = :$1" 2>/dev/null)" ]
+}
+
+# kdig_q PORT NAME -> prints "RCODE ADDR..." ; bounded to ~1 s.
+kdig_q() {
+    local out rcode addrs
+    out=$(kdig @"$ADDR" -p "$1" +retry=0 +time=1 +noall +answer +header "$2" A 2>/dev/null) || return 1
+    rcode=$(sed -n 's/.*status: \([A-Z]*\).*/\1/p' <<<"$out" | head -1)
+    addrs=$(awk '$4 == "A" { print $5 }' <<<"$out" | tr '\n' ' ')
+    [ -n "$rcode" ] || return 1
+    echo "$rcode ${addrs% }"
+}
+
+# wait_ready NAME PID PORT QNAME EXPECTED_ADDR LOGFILE ; at most 60 s.
+wait_ready() {
+    local name=$1 pid=$2 port=$3 q=$4 want=$5 logf=$6 i r
+    for i in $(seq 120); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logf" >&2 || true
+            die "$name exited during start-up (log above)"
+        fi
+        if r=$(kdig_q "$port" "$q") && [ "$r" = "NOERROR $want" ]; then return 0; fi
+        sleep 0.5
+    done
+    tail -n 30 "$logf" >&2 || true
+    die "$name did not answer $q with $want on port $port within 60 s (last: ${r:-none})"
+}
+
+cpu_ticks() {  # utime + stime of the whole process (all threads), in clock ticks
+    local s
+    s=$(cat "/proc/$1/stat") || return 1
+    s=${s##*) }   # drop "pid (comm) ", comm may contain spaces
+    awk '{ print $12 + $13 }' <<<"$s"   # fields 14 and 15 of the full line
+}
+cpu_jiffies() {  # "busy total" jiffies of one CPU from /proc/stat (busy = all but idle+iowait)
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9 && i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------ build pinhole
+if has_server pinhole; then
+    if [ -z "$PINHOLE_BIN" ]; then
+        PINHOLE_BIN=$ROOT/target/release/pinhole
+        if [ "$SKIP_BUILD" != 1 ]; then
+            log "cargo build --release (in $ROOT)"
+            (cd "$ROOT" && cargo build --release --quiet --bin pinhole) || die "cargo build --release failed"
+        fi
+    fi
+    [ -x "$PINHOLE_BIN" ] || die "pinhole binary not found: $PINHOLE_BIN (build it, or run with SERVERS=\"unbound dnsmasq\")"
+fi
+
+for p in $UP_PORT $PORT; do
+    port_busy "$p" && die "port $p on loopback is already in use; stop whatever listens there"
+done
+
+# How busy are the two CPUs before anything of ours runs? Another build or
+# test on the machine skews every figure; the report records this baseline.
+b_s0=$(cpu_jiffies "$SERVER_CPU"); b_l0=$(cpu_jiffies "$LOAD_CPU")
+sleep 2
+b_s1=$(cpu_jiffies "$SERVER_CPU"); b_l1=$(cpu_jiffies "$LOAD_CPU")
+busy_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); printf "%.0f", y[2] > x[2] ? (y[1] - x[1]) / (y[2] - x[2]) * 100 : 0 }'; }
+BASE_S=$(busy_pct "$b_s0" "$b_s1"); BASE_L=$(busy_pct "$b_l0" "$b_l1")
+if [ "$BASE_S" -gt 10 ] || [ "$BASE_L" -gt 10 ]; then
+    log "warning: machine not idle before the run (CPU $SERVER_CPU ${BASE_S}% busy, CPU $LOAD_CPU ${BASE_L}% busy); figures will be skewed"
+fi
+
+# ----------------------------------------------------------- generate data
+log "work dir $TMP; generating zone with $NAMES names"
+mkdir -p "$TMP/knot/run" "$TMP/knot/db" "$TMP/queries"
+# u<N> gets 10.(v>>16).(v>>8&255).(v&255) with v = N * 2654435761 mod 2^24:
+# an odd multiplier is a bijection mod 2^24, so every name has its own address,
+# spread over the whole of 10.0.0.0/8. These are answer data only.
+{
+    cat <<EOF
+\$ORIGIN bench.test.
+\$TTL 3600
+@       IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 900 604800 3600
+@       IN NS  ns.bench.test.
+ns      IN A   127.0.0.1
+cached  IN A   $CACHED_ADDR
+EOF
+    awk -v n="$NAMES" 'BEGIN {
+        for (i = 1; i <= n; i++) {
+            v = (i * 2654435761) % 16777216
+            printf "u%d IN A 10.%d.%d.%d\n", i, int(v / 65536), int(v / 256) % 256, v % 256
+        }
+    }'
+} >"$TMP/knot/bench.test.zone"
+expected_addr() {  # address of u<N>, same formula as above
+    awk -v i="$1" 'BEGIN { v = (i * 2654435761) % 16777216; printf "10.%d.%d.%d", int(v / 65536), int(v / 256) % 256, v % 256 }'
+}
+echo "cached.bench.test A" >"$TMP/queries/cached.txt"
+awk -v n="$NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "u%d.bench.test A\n", i }' >"$TMP/queries/miss.txt"
+awk -v n="$BLOCKED_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "x%d.blocked.test A\n", i }' >"$TMP/queries/blocked.txt"
+
+# ------------------------------------------------------------ start upstream
+cat >"$TMP/knot/knot.conf" <<EOF
+server:
+    rundir: "$TMP/knot/run"
+    listen: $ADDR@$UP_PORT
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: "$TMP/knot/db"
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: "$TMP/knot"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: bench.test.
+    file: "bench.test.zone"
+EOF
+KNOT_CMD="taskset -c $LOAD_CPU knotd -c $TMP/knot/knot.conf"
+log "starting knotd on $ADDR:$UP_PORT (CPU $LOAD_CPU)"
+$KNOT_CMD >"$TMP/knot/knotd.log" 2>&1 &
+KNOT_PID=$!
+PIDS+=("$KNOT_PID")
+wait_ready knotd "$KNOT_PID" "$UP_PORT" "u$NAMES.bench.test" "$(expected_addr "$NAMES")" "$TMP/knot/knotd.log"
+
+# ----------------------------------------------------- server configurations
+mkdir -p "$TMP/pinhole/zones" "$TMP/unbound" "$TMP/dnsmasq"
+cat >"$TMP/pinhole/config.toml" <<EOF
+[server]
+listen = ["$ADDR:$PORT"]
+[upstream]
+servers = ["$ADDR:$UP_PORT"]
+[cache]
+max_entries = $CACHE_ENTRIES
+[policy]
+zones_dir = "$TMP/pinhole/zones"
+default_action = "refuse"
+EOF
+cat >"$TMP/pinhole/zones/bench.toml" <<'EOF'
+[[zone]]
+name = "bench"
+description = "load test"
+action = "allow"
+hosts = ["*.bench.test"]
+EOF
+cat >"$TMP/unbound/unbound.conf" <<EOF
+server:
+    interface: $ADDR
+    port: $PORT
+    do-ip6: no
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    username: ""
+    chroot: ""
+    directory: "$TMP/unbound"
+    pidfile: ""
+    num-threads: 1
+    access-control: 127.0.0.0/8 allow
+    # upstream is on loopback: unbound refuses to query 127.0.0.0/8 by default
+    do-not-query-localhost: no
+    # unbound serves test. itself (RFC 6761) unless told not to
+    local-zone: "test." nodefault
+    local-zone: "blocked.test." refuse
+    module-config: "iterator"
+    qname-minimisation: no
+    prefetch: no
+    msg-cache-size: 256m
+    rrset-cache-size: 512m
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: $ADDR@$UP_PORT
+EOF
+
+server_cmd() {
+    case $1 in
+        pinhole) echo "taskset -c $SERVER_CPU $PINHOLE_BIN run --config $TMP/pinhole/config.toml" ;;
+        unbound) echo "taskset -c $SERVER_CPU unbound -d -c $TMP/unbound/unbound.conf" ;;
+        dnsmasq) echo "taskset -c $SERVER_CPU dnsmasq -k --log-facility=- --conf-file=/dev/null --no-resolv --no-hosts --server=$ADDR#$UP_PORT --cache-size=$CACHE_ENTRIES --dns-forward-max=1000 --port=$PORT --listen-address=$ADDR --bind-interfaces --address=/blocked.test/ --pid-file" ;;
+    esac
+}
+
+SERVER_PID=
+start_server() {
+    local s=$1 cmd
+    cmd=$(server_cmd "$s")
+    if [ "$s" = pinhole ]; then
+        RUST_LOG=$PINHOLE_LOG $cmd >"$TMP/$s/server.log" 2>&1 &
+    else
+        $cmd >"$TMP/$s/server.log" 2>&1 &
+    fi
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_ready "$s" "$SERVER_PID" "$PORT" cached.bench.test "$CACHED_ADDR" "$TMP/$s/server.log"
+}
+stop_server() { stop_pid "$SERVER_PID"; forget_pid "$SERVER_PID"; SERVER_PID=; }
+
+dnsperf_cmd() {  # workload -> dnsperf command line (without the outer timeout)
+    local w=$1 extra=""
+    [ "$w" = miss ] && extra=" -n 1"
+    [ -n "$MAX_QPS" ] && extra="$extra -Q $MAX_QPS"
+    echo "taskset -c $LOAD_CPU dnsperf -s $ADDR -p $PORT -d $TMP/queries/$w.txt -l $DURATION -c $CLIENTS -T 1 -q $OUTSTANDING -t 2$extra"
+}
+
+# --------------------------------------------------------------- run loads
+RESULTS=$TMP/results.tsv
+: >"$RESULTS"
+for s in $SERVERS; do
+    for w in $WORKLOADS; do
+        log "$s / $w: fresh start, pinned to CPU $SERVER_CPU"
+        start_server "$s"
+        # The readiness probe above already asked cached.bench.test once, which
+        # is the warm-up for the cached workload; u<N> names were never asked.
+        r=$(kdig_q "$PORT" probe.blocked.test) || r="no answer"
+        case $r in NOERROR*) die "$s answered probe.blocked.test with NOERROR; blocking is not configured" ;; esac
+        sleep 0.2
+        c0=$(cpu_ticks "$SERVER_PID")
+        s0=$(cpu_jiffies "$SERVER_CPU"); l0=$(cpu_jiffies "$LOAD_CPU")
+        out=$TMP/$s/$w.dnsperf
+        # shellcheck disable=SC2046
+        timeout -k 5 $((DURATION + 30)) $(dnsperf_cmd "$w") >"$out" 2>&1 || log "dnsperf exited non-zero for $s/$w (see below)"
+        kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$TMP/$s/server.log" >&2; die "$s died during the $w run"; }
+        c1=$(cpu_ticks "$SERVER_PID")
+        s1=$(cpu_jiffies "$SERVER_CPU"); l1=$(cpu_jiffies "$LOAD_CPU")
+        hwm=$(hwm_kib "$SERVER_PID")
+        stop_server
+        grep -q 'Queries completed:' "$out" || { cat "$out" >&2; die "no dnsperf statistics for $s/$w"; }
+        awk -v s="$s" -v w="$w" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
+            -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" '
+            /Queries sent:/        { sent = $3 }
+            /Queries completed:/   { done_ = $3 }
+            /Queries lost:/        { lost = $3 }
+            /Response codes:/      { sub(/.*Response codes:[ \t]*/, ""); n = split($0, parts, /, /)
+                                     rc = ""; for (i = 1; i <= n; i++) { split(parts[i], f, " "); gsub(/[()]/, "", f[3])
+                                     rc = rc (rc == "" ? "" : ", ") f[1] " " f[3] } }
+            /Run time \(s\):/      { rt = $4 }
+            /Queries per second:/  { qps = $4 }
+            /Average Latency \(s\):/ { lat = $4 }
+            END {
+                cpu = (c1 - c0) / tck
+                us = done_ > 0 ? cpu / done_ * 1e6 : 0
+                pct = rt > 0 ? cpu / rt * 100 : 0
+                if (rc == "") rc = "none"
+                split(s0, a); split(s1, b); sb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
+                split(l0, a); split(l1, b); lb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
+                printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%s\t%.3f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f\t%.0f\t%.0f\n", s, w, qps, sent, done_, lost, rc, lat * 1000, rt, cpu, pct, us, hwm / 1024, sb, lb
+            }' "$out" >>"$RESULTS"
+        tail -n 1 "$RESULTS" | awk -F'\t' '{ printf "load.sh:   %s qps, rcodes %s, %s us CPU/query, server CPU %s%%, peak RSS %s MiB, CPU busy %s%%/%s%%\n", $3, $7, $12, $11, $13, $14, $15 }' >&2
+    done
+done
+stop_pid "$KNOT_PID"; forget_pid "$KNOT_PID"
+
+# ------------------------------------------------------------------ report
+STAMP=$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT_DIR"
+REPORT=$OUT_DIR/load-$STAMP.md
+ver() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo "?"; }
+GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ] && GIT_REV="$GIT_REV (dirty tree)"
+ENV_PREFIX="DURATION=$DURATION SERVERS=\"$SERVERS\" WORKLOADS=\"$WORKLOADS\" CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING NAMES=$NAMES"
+[ -n "$MAX_QPS" ] && ENV_PREFIX="$ENV_PREFIX MAX_QPS=$MAX_QPS"
+
+REF=pinhole
+has_server pinhole || REF=$(awk '{ print $1 }' <<<"$SERVERS")
+OTHERS=()
+for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
+
+{
+    echo "# Load comparison — $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- Command: \`$ENV_PREFIX $ORIG_CMD\`"
+    echo "- Kernel: \`$(uname -srm)\`"
+    echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $NCPU CPUs; server on CPU $SERVER_CPU, dnsperf + knotd on CPU $LOAD_CPU"
+    echo "- Idle baseline (2 s before the run): CPU $SERVER_CPU ${BASE_S}% busy, CPU $LOAD_CPU ${BASE_L}% busy$( [ "$BASE_S" -gt 10 ] || [ "$BASE_L" -gt 10 ] && echo ' — **machine was not idle, figures are skewed**')"
+    echo "- Versions: dnsperf $(ver dnsperf), knot $(ver knot), unbound $(ver unbound), dnsmasq $(ver dnsmasq-base), pinhole $GIT_REV"
+    echo "- Load: $DURATION s per run, dnsperf -c $CLIENTS -T 1 -q $OUTSTANDING -t 2${MAX_QPS:+ -Q $MAX_QPS}, UDP to $ADDR:$PORT; upstream knotd $ADDR:$UP_PORT, zone bench.test. with $NAMES unique names (TTL 3600)"
+    echo "- Workloads: cached = cached.bench.test A repeated (after one warm-up query); miss = u1..u$NAMES.bench.test A once each (dnsperf -n 1, fresh server); blocked = x1..x$BLOCKED_NAMES.blocked.test A looped"
+    echo "- Every (server, workload) run starts the server afresh. CPU = utime+stime of the server process from /proc/PID/stat (all threads) across the dnsperf run; CPU % = CPU s / run time; peak RSS = VmHWM at the end of the run. CPU N busy % = share of that CPU not idle during the run (/proc/stat; includes softirq and every process on it): a load CPU near 100 % with a server CPU % well under 100 % means dnsperf, not the server, set the QPS."
+    echo
+    echo "## Results"
+    echo
+    echo "| server | workload | QPS | completed | lost | response codes | avg latency ms | run s | server CPU s | server CPU % | CPU µs/query | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % |"
+    echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 }' "$RESULTS"
+    echo
+    if [ ${#OTHERS[@]} -gt 0 ]; then
+        echo "## Ratios ($REF ÷ other)"
+        echo
+        echo "QPS: higher is better for $REF; CPU µs/query and peak RSS: lower is better for $REF."
+        echo
+        hdr="| workload | metric |"; sep="|---|---|"
+        for o in "${OTHERS[@]}"; do hdr="$hdr $REF/$o |"; sep="$sep---:|"; done
+        echo "$hdr"; echo "$sep"
+        for w in $WORKLOADS; do
+            for m in "QPS:3" "CPU µs/query:12" "peak RSS:13"; do
+                name=${m%:*}; col=${m##*:}
+                row="| $w | $name |"
+                for o in "${OTHERS[@]}"; do
+                    row="$row $(awk -F'\t' -v r="$REF" -v o="$o" -v w="$w" -v c="$col" '
+                        $2 == w && $1 == r { a = $c } $2 == w && $1 == o { b = $c }
+                        END { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }' "$RESULTS") |"
+                done
+                echo "$row"
+            done
+        done
+        echo
+    fi
+    echo "## Commands"
+    echo
+    echo '```'
+    echo "$KNOT_CMD"
+    for s in $SERVERS; do server_cmd "$s"; done
+    for w in $WORKLOADS; do echo "timeout -k 5 $((DURATION + 30)) $(dnsperf_cmd "$w")"; done
+    echo '```'
+    echo
+    echo "Paths under \`$TMP\` are a temporary work dir (removed at exit unless KEEP_TMP=1)."
+} >"$REPORT"
+
+cat "$REPORT"
+log "report written to $REPORT"

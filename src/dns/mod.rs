@@ -1,0 +1,111 @@
+//! DNS serving: listeners, the request path, and the answers pinhole writes itself.
+//!
+//! Owns the sockets and their tasks. `Server::start` binds every listener before it returns, so
+//! a returned server is ready to answer; dropping it stops every task.
+
+pub mod handler;
+pub mod special;
+pub mod tcp;
+pub mod udp;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+pub use handler::{Handler, Step, Transport};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({proto}): {source}; is another DNS server running there, or does pinhole lack the right to bind the port (root or CAP_NET_BIND_SERVICE)?")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running server. Dropping it stops every listener.
+pub struct Server {
+    pub handler: Arc<Handler>,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Binds every configured address (UDP and TCP on the same port; port 0 picks one) and
+    /// starts serving. Must be called inside a tokio runtime.
+    pub async fn start(config: &Config, policy: Policy, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
+        let handler = Arc::new(Handler::new(config, policy, metrics));
+        let sockets = match config.server.udp_sockets {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let limits = tcp::TcpLimits {
+            idle: Duration::from_millis(config.server.tcp_idle_timeout_ms),
+            max_connections: config.server.tcp_max_connections,
+            max_inflight: config.server.tcp_max_inflight,
+        };
+        let mut server = Server {
+            handler: Arc::clone(&handler),
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            tasks: JoinSet::new(),
+        };
+        for &addr in &config.server.listen {
+            let bind_err = |proto, source| ServeError::Bind { addr, proto, source };
+            // The first UDP socket fixes the port (for port 0); the others share it.
+            let first = udp::bind_reuseport(addr).map_err(|e| bind_err("udp", e))?;
+            let actual = first.local_addr().map_err(|e| bind_err("udp", e))?;
+            let mut std_sockets = vec![first];
+            for _ in 1..sockets {
+                std_sockets.push(udp::bind_reuseport(actual).map_err(|e| bind_err("udp", e))?);
+            }
+            let tcp_listener = bind_tcp(actual).map_err(|e| bind_err("tcp", e))?;
+            for s in std_sockets {
+                let s = tokio::net::UdpSocket::from_std(s).map_err(|e| bind_err("udp", e))?;
+                server.tasks.spawn(udp::serve(s, Arc::clone(&handler)));
+            }
+            server.tasks.spawn(tcp::serve(tcp_listener, Arc::clone(&handler), limits));
+            server.udp.push(actual);
+            server.tcp.push(actual);
+            tracing::info!(%actual, udp_sockets = sockets, "listening on UDP and TCP");
+        }
+        Ok(server)
+    }
+
+    /// The addresses actually bound (with the port chosen for port 0).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp
+    }
+
+    /// Stops every listener and waits for their tasks to end.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,87 @@
+//! Special names that pinhole answers itself and never forwards: `resolver.arpa` (RFC 9462),
+//! iCloud Private Relay's opt-out names, and the `use-application-dns.net` canary.
+//!
+//! Owns the list of these names and which setting switches each. It does not write answers.
+
+use crate::config::{SpecialAnswer, SpecialConfig};
+
+/// Which special name a query is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// `resolver.arpa` or a name below it.
+    ResolverArpa,
+    /// `mask.icloud.com` or `mask-h2.icloud.com`.
+    PrivateRelay,
+    /// `use-application-dns.net`.
+    ApplicationDnsCanary,
+}
+
+/// The local answer for a special name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialReply {
+    Nxdomain,
+    Nodata,
+}
+
+impl Special {
+    /// The special name `name` (lower case, dotted) is, if it is one and its switch is on.
+    pub fn classify(name: &[u8], config: &SpecialConfig) -> Option<(Special, SpecialReply)> {
+        if config.resolver_arpa && (name == b"resolver.arpa" || name.ends_with(b".resolver.arpa"))
+        {
+            return Some((Special::ResolverArpa, SpecialReply::Nodata));
+        }
+        if name == b"mask.icloud.com" || name == b"mask-h2.icloud.com" {
+            return match config.private_relay {
+                SpecialAnswer::Nxdomain => Some((Special::PrivateRelay, SpecialReply::Nxdomain)),
+                SpecialAnswer::Nodata => Some((Special::PrivateRelay, SpecialReply::Nodata)),
+                SpecialAnswer::Off => None,
+            };
+        }
+        if config.application_dns_canary && name == b"use-application-dns.net" {
+            return Some((Special::ApplicationDnsCanary, SpecialReply::Nxdomain));
+        }
+        None
+    }
+
+    /// Why the name is special, for `explain` and EDE texts.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Special::ResolverArpa => {
+                "resolver.arpa (RFC 9462 discovery): answered locally, never forwarded"
+            }
+            Special::PrivateRelay => {
+                "iCloud Private Relay opt-out: this network does not allow Private Relay"
+            }
+            Special::ApplicationDnsCanary => {
+                "use-application-dns.net canary: browsers keep using this resolver instead of their own DoH"
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_and_switches() {
+        let on = SpecialConfig::default();
+        assert_eq!(
+            Special::classify(b"_dns.resolver.arpa", &on),
+            Some((Special::ResolverArpa, SpecialReply::Nodata))
+        );
+        assert_eq!(
+            Special::classify(b"mask-h2.icloud.com", &on).map(|s| s.1),
+            Some(SpecialReply::Nxdomain)
+        );
+        assert_eq!(Special::classify(b"xresolver.arpa", &on), None);
+        let off = SpecialConfig {
+            resolver_arpa: false,
+            private_relay: SpecialAnswer::Off,
+            application_dns_canary: false,
+        };
+        assert_eq!(Special::classify(b"resolver.arpa", &off), None);
+        assert_eq!(Special::classify(b"mask.icloud.com", &off), None);
+        assert_eq!(Special::classify(b"use-application-dns.net", &off), None);
+    }
+}

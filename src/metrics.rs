@@ -1,0 +1,65 @@
+//! Counters for every outcome and every fault, cheap enough for the per-query path.
+//!
+//! Owns the counters and their Prometheus text rendering. It never logs and never decides:
+//! the code that sees a fault counts it here and logs it itself.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// Process-wide counters; one field per outcome or fault.
+        #[derive(Default, Debug)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition of every counter.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP pinhole_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE pinhole_{} counter", stringify!($name));
+                    let _ = writeln!(out, "pinhole_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                out
+            }
+
+            /// (name, value) pairs, for logs and tests.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    queries_udp_total: "Queries received over UDP.",
+    queries_tcp_total: "Queries received over TCP.",
+    cache_hits_total: "Answers served from the cache.",
+    cache_misses_total: "Queries that went upstream (or joined a query in flight).",
+    inflight_joined_total: "Queries that waited for an identical query already sent upstream.",
+    blocked_total: "Queries answered with a block answer by policy.",
+    special_total: "Queries for special names answered locally.",
+    refused_acl_total: "Queries refused because the client is not in allow_clients.",
+    formerr_total: "Malformed queries answered with FORMERR.",
+    notimp_total: "Queries with an unsupported opcode answered with NOTIMP.",
+    dropped_total: "Packets dropped without an answer (too short, or a response).",
+    truncated_total: "UDP answers truncated (TC set) to fit the client's size.",
+    servfail_total: "SERVFAIL answers pinhole produced because no upstream answered.",
+    upstream_errors_total: "Upstream exchanges that failed with an error.",
+    upstream_timeouts_total: "Upstream attempts that timed out.",
+    upstream_malformed_total: "Upstream answers that could not be parsed.",
+    overload_dropped_total: "Queries dropped because too many were waiting for upstreams.",
+    tcp_rejected_total: "TCP connections closed at once because the limit was reached.",
+    tcp_idle_closed_total: "TCP connections closed after the idle timeout.",
+    io_errors_total: "Socket send or receive errors on listeners.",
+}
+
+impl Metrics {
+    #[inline]
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

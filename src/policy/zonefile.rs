@@ -1,0 +1,267 @@
+//! Zone files (`zones/*.toml`): parsing and validation with file:line:column diagnostics.
+//!
+//! Owns the on-disk format of zones. It produces plain `ZoneDef` values and never builds the
+//! matcher itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::config::BlockAction;
+use crate::diag::Diagnostic;
+
+/// What a zone does with the names it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneAction {
+    /// Forward, and (with the firewall) allow the answered addresses on the zone's ports.
+    Allow,
+    Refuse,
+    Nxdomain,
+    Nodata,
+    Sinkhole,
+    /// Forward, but allow nothing in the firewall.
+    Forward,
+}
+
+impl ZoneAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneAction::Allow => "allow",
+            ZoneAction::Refuse => "refuse",
+            ZoneAction::Nxdomain => "nxdomain",
+            ZoneAction::Nodata => "nodata",
+            ZoneAction::Sinkhole => "sinkhole",
+            ZoneAction::Forward => "forward",
+        }
+    }
+
+    /// The block (or forward-only) action, or `None` for `allow`.
+    pub fn block(self) -> Option<BlockAction> {
+        match self {
+            ZoneAction::Allow => None,
+            ZoneAction::Refuse => Some(BlockAction::Refuse),
+            ZoneAction::Nxdomain => Some(BlockAction::Nxdomain),
+            ZoneAction::Nodata => Some(BlockAction::Nodata),
+            ZoneAction::Sinkhole => Some(BlockAction::Sinkhole),
+            ZoneAction::Forward => Some(BlockAction::Forward),
+        }
+    }
+}
+
+/// Transport protocol of a port rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One `proto/port` a zone's addresses are opened on, e.g. `tcp/443`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PortRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        write!(f, "{p}/{}", self.port)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDef {
+    #[serde(default)]
+    zone: Vec<RawZone>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_action")]
+    action: ZoneAction,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+}
+
+fn default_action() -> ZoneAction {
+    ZoneAction::Allow
+}
+
+/// A host pattern: a normalized name and whether it is `*.name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    pub name: String,
+    pub wildcard: bool,
+}
+
+/// A zone as written in a file, validated.
+#[derive(Debug, Clone)]
+pub struct ZoneDef {
+    pub name: String,
+    pub description: String,
+    pub action: ZoneAction,
+    pub ports: Vec<PortRule>,
+    pub patterns: Vec<Pattern>,
+    pub file: PathBuf,
+    /// Line of the zone's `name` key, for `explain`.
+    pub line: usize,
+}
+
+/// Parses one zone file. Every problem is pushed to `problems`; valid zones are returned.
+pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Vec<ZoneDef> {
+    let file: FileDef = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(Diagnostic::from_toml(path, text, &e));
+            return Vec::new();
+        }
+    };
+    let mut zones = Vec::with_capacity(file.zone.len());
+    for raw in file.zone {
+        let before = problems.len();
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            problems.push(Diagnostic::at(
+                path,
+                text,
+                Some(raw.name.span()),
+                format!("zone name {:?} is not a simple name", raw.name.get_ref()),
+                "use letters, digits, '-' and '_' only, e.g. name = \"apple-push\"",
+            ));
+        }
+        let mut ports = Vec::with_capacity(raw.ports.len());
+        for p in &raw.ports {
+            match parse_port(p.get_ref()) {
+                Some(rule) => ports.push(rule),
+                None => problems.push(Diagnostic::at(
+                    path,
+                    text,
+                    Some(p.span()),
+                    format!("port {:?} is not of the form proto/port", p.get_ref()),
+                    "write \"tcp/443\" or \"udp/123\" (one port a string, 1-65535)",
+                )),
+            }
+        }
+        let mut patterns = Vec::with_capacity(raw.hosts.len());
+        for h in &raw.hosts {
+            match parse_pattern(h.get_ref()) {
+                Ok(p) => patterns.push(p),
+                Err((what, fix)) => {
+                    problems.push(Diagnostic::at(path, text, Some(h.span()), what, fix))
+                }
+            }
+        }
+        if problems.len() == before {
+            let (line, _) = crate::diag::line_col(text, raw.name.span().start);
+            zones.push(ZoneDef {
+                name,
+                description: raw.description,
+                action: raw.action,
+                ports,
+                patterns,
+                file: path.to_path_buf(),
+                line,
+            });
+        }
+    }
+    zones
+}
+
+fn parse_port(s: &str) -> Option<PortRule> {
+    let (proto, port) = s.trim().split_once('/')?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return None,
+    };
+    let port: u16 = port.parse().ok()?;
+    (port != 0).then_some(PortRule { proto, port })
+}
+
+/// Validates and normalizes a host pattern: `name` or `*.name`, case folded, trailing dot removed.
+pub fn parse_pattern(s: &str) -> Result<Pattern, (String, String)> {
+    let trimmed = s.trim();
+    let (wildcard, rest) = match trimmed.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, trimmed),
+    };
+    let rest = rest.strip_suffix('.').unwrap_or(rest);
+    let bad = |what: String| {
+        Err((
+            what,
+            "write a host name (\"host.example.com\") or a wildcard for every name below one (\"*.example.com\"); internationalized names in their xn-- form".to_string(),
+        ))
+    };
+    if rest.is_empty() {
+        return bad(format!("host pattern {s:?} names no domain"));
+    }
+    if rest.len() > 253 {
+        return bad(format!("host pattern {s:?} is longer than 253 characters"));
+    }
+    for label in rest.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return bad(format!(
+                "host pattern {s:?} has an empty label or one longer than 63 characters"
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad(format!(
+                "host pattern {s:?} has a character other than letters, digits, '-' and '_' (a '*' may only stand alone as the first label)"
+            ));
+        }
+    }
+    Ok(Pattern {
+        name: rest.to_ascii_lowercase(),
+        wildcard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_normalize() {
+        assert_eq!(
+            parse_pattern("*.Push.Apple.COM."),
+            Ok(Pattern {
+                name: "push.apple.com".into(),
+                wildcard: true
+            })
+        );
+        assert!(parse_pattern("*").is_err());
+        assert!(parse_pattern("a.*.com").is_err());
+        assert!(parse_pattern("bücher.de").is_err());
+        assert!(parse_pattern("a..b").is_err());
+    }
+
+    #[test]
+    fn bad_host_is_located() {
+        let text = "[[zone]]\nname = \"z\"\nhosts = [\"ok.test\",\n  \"bad host\"]\nports = [\"tcp/443\", \"sctp/1\"]\n";
+        let mut problems = Vec::new();
+        let zones = parse_file(Path::new("zones/z.toml"), text, &mut problems);
+        assert!(zones.is_empty());
+        assert_eq!(problems.len(), 2);
+        assert_eq!((problems[0].line, problems[0].column), (4, 3));
+        assert_eq!(problems[1].line, 5);
+    }
+}
