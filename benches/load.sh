@@ -9,7 +9,7 @@
 #
 # Usage:
 #   benches/load.sh [--duration S] [--servers "pinhole unbound dnsmasq"]
-#                   [--workloads "cached miss blocked"] [--clients N] [-h]
+#                   [--workloads "cached miss blocked"] [--clients N] [--rounds N] [-h]
 #
 # Environment (flags win over environment):
 #   DURATION=10            seconds of load per (server, workload)
@@ -27,17 +27,20 @@
 #   PINHOLE_LOG=warn       RUST_LOG given to pinhole
 #   OUT_DIR=<repo>/bench-results   where load-<date>.md is written
 #   KEEP_TMP=0             1: keep the /tmp work dir (configs, logs, dnsperf output)
+#   ROUNDS=1               repeat the whole matrix N times, interleaved; the
+#                          table shows per-column medians, raw rounds follow
 #
 # Traffic goes only to 127.0.0.1 (ports 5300 and 5310). Every dnsperf run is
 # bounded by -l DURATION (and an outer `timeout`), every wait loop is bounded,
 # and all processes started here are stopped on exit (trap EXIT).
+# shellcheck disable=SC2015  # `check && check || die` is intended
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORIG_CMD=$(printf '%q ' "$0" "$@")
 ORIG_CMD=${ORIG_CMD% }
 
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
         --servers) SERVERS=$2; shift 2 ;;
         --workloads) WORKLOADS=$2; shift 2 ;;
         --clients) CLIENTS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "load.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -66,6 +70,7 @@ SKIP_INSTALL=${SKIP_INSTALL:-0}
 PINHOLE_LOG=${PINHOLE_LOG:-warn}
 OUT_DIR=${OUT_DIR:-$ROOT/bench-results}
 KEEP_TMP=${KEEP_TMP:-0}
+ROUNDS=${ROUNDS:-1}
 
 # Fixed on purpose: this script must only ever talk to loopback.
 ADDR=127.0.0.1
@@ -84,6 +89,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_uint "$DURATION" && [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 3600 ] || die "DURATION must be 1..3600 seconds"
 is_uint "$CLIENTS" && [ "$CLIENTS" -ge 1 ] || die "CLIENTS must be a positive integer"
 is_uint "$OUTSTANDING" && [ "$OUTSTANDING" -ge 1 ] || die "OUTSTANDING must be a positive integer"
+is_uint "$ROUNDS" && [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "ROUNDS must be 1..20"
 [ -z "$MAX_QPS" ] || is_uint "$MAX_QPS" || die "MAX_QPS must be empty or an integer"
 is_uint "$NAMES" && [ "$NAMES" -ge 1 ] && [ "$NAMES" -lt 16777216 ] || die "NAMES must be 1..16777215"
 is_uint "$BLOCKED_NAMES" && [ "$BLOCKED_NAMES" -ge 1 ] || die "BLOCKED_NAMES must be a positive integer"
@@ -128,10 +134,10 @@ install_missing
 TMP=$(mktemp -d /tmp/pinhole-load.XXXXXX)
 PIDS=()
 stop_pid() {
-    local pid=$1 i
+    local pid=$1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -175,8 +181,8 @@ kdig_q() {
 
 # wait_ready NAME PID PORT QNAME EXPECTED_ADDR LOGFILE ; at most 60 s.
 wait_ready() {
-    local name=$1 pid=$2 port=$3 q=$4 want=$5 logf=$6 i r
-    for i in $(seq 120); do
+    local name=$1 pid=$2 port=$3 q=$4 want=$5 logf=$6 r=
+    for _ in $(seq 120); do
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 30 "$logf" >&2 || true
             die "$name exited during start-up (log above)"
@@ -221,7 +227,7 @@ done
 b_s0=$(cpu_jiffies "$SERVER_CPU"); b_l0=$(cpu_jiffies "$LOAD_CPU")
 sleep 2
 b_s1=$(cpu_jiffies "$SERVER_CPU"); b_l1=$(cpu_jiffies "$LOAD_CPU")
-busy_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); printf "%.0f", y[2] > x[2] ? (y[1] - x[1]) / (y[2] - x[2]) * 100 : 0 }'; }
+busy_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); p = 0; if (y[2] > x[2]) p = (y[1] - x[1]) / (y[2] - x[2]) * 100; printf "%.0f", p }'; }
 BASE_S=$(busy_pct "$b_s0" "$b_s1"); BASE_L=$(busy_pct "$b_l0" "$b_l1")
 if [ "$BASE_S" -gt 10 ] || [ "$BASE_L" -gt 10 ]; then
     log "warning: machine not idle before the run (CPU $SERVER_CPU ${BASE_S}% busy, CPU $LOAD_CPU ${BASE_L}% busy); figures will be skewed"
@@ -338,6 +344,11 @@ forward-zone:
     forward-addr: $ADDR@$UP_PORT
 EOF
 
+if has_server pinhole; then
+    "$PINHOLE_BIN" check --config "$TMP/pinhole/config.toml" >"$TMP/pinhole/check.log" 2>&1 ||
+        { cat "$TMP/pinhole/check.log" >&2; die "pinhole check rejected the generated config"; }
+fi
+
 server_cmd() {
     case $1 in
         pinhole) echo "taskset -c $SERVER_CPU $PINHOLE_BIN run --config $TMP/pinhole/config.toml" ;;
@@ -369,11 +380,13 @@ dnsperf_cmd() {  # workload -> dnsperf command line (without the outer timeout)
 }
 
 # --------------------------------------------------------------- run loads
+RAW=$TMP/raw.tsv
 RESULTS=$TMP/results.tsv
-: >"$RESULTS"
-for s in $SERVERS; do
+: >"$RAW"
+for round in $(seq "$ROUNDS"); do
+  for s in $SERVERS; do
     for w in $WORKLOADS; do
-        log "$s / $w: fresh start, pinned to CPU $SERVER_CPU"
+        log "round $round/$ROUNDS: $s / $w: fresh start, pinned to CPU $SERVER_CPU"
         start_server "$s"
         # The readiness probe above already asked cached.bench.test once, which
         # is the warm-up for the cached workload; u<N> names were never asked.
@@ -382,16 +395,22 @@ for s in $SERVERS; do
         sleep 0.2
         c0=$(cpu_ticks "$SERVER_PID")
         s0=$(cpu_jiffies "$SERVER_CPU"); l0=$(cpu_jiffies "$LOAD_CPU")
-        out=$TMP/$s/$w.dnsperf
+        out=$TMP/$s/$w.round$round.dnsperf
+        # In the background + wait, so that a signal to this script is acted
+        # on at once (bash runs traps only between foreground commands).
         # shellcheck disable=SC2046
-        timeout -k 5 $((DURATION + 30)) $(dnsperf_cmd "$w") >"$out" 2>&1 || log "dnsperf exited non-zero for $s/$w (see below)"
+        timeout -k 5 $((DURATION + 30)) $(dnsperf_cmd "$w") >"$out" 2>&1 &
+        LOAD_PID=$!
+        PIDS+=("$LOAD_PID")
+        wait "$LOAD_PID" || log "dnsperf exited non-zero for $s/$w"
+        forget_pid "$LOAD_PID"
         kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$TMP/$s/server.log" >&2; die "$s died during the $w run"; }
         c1=$(cpu_ticks "$SERVER_PID")
         s1=$(cpu_jiffies "$SERVER_CPU"); l1=$(cpu_jiffies "$LOAD_CPU")
         hwm=$(hwm_kib "$SERVER_PID")
         stop_server
         grep -q 'Queries completed:' "$out" || { cat "$out" >&2; die "no dnsperf statistics for $s/$w"; }
-        awk -v s="$s" -v w="$w" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
+        awk -v s="$s" -v w="$w" -v round="$round" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
             -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" '
             /Queries sent:/        { sent = $3 }
             /Queries completed:/   { done_ = $3 }
@@ -409,12 +428,35 @@ for s in $SERVERS; do
                 if (rc == "") rc = "none"
                 split(s0, a); split(s1, b); sb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
                 split(l0, a); split(l1, b); lb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
-                printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%s\t%.3f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f\t%.0f\t%.0f\n", s, w, qps, sent, done_, lost, rc, lat * 1000, rt, cpu, pct, us, hwm / 1024, sb, lb
-            }' "$out" >>"$RESULTS"
-        tail -n 1 "$RESULTS" | awk -F'\t' '{ printf "load.sh:   %s qps, rcodes %s, %s us CPU/query, server CPU %s%%, peak RSS %s MiB, CPU busy %s%%/%s%%\n", $3, $7, $12, $11, $13, $14, $15 }' >&2
+                printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%s\t%.3f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f\t%.0f\t%.0f\t%d\n", s, w, qps, sent, done_, lost, rc, lat * 1000, rt, cpu, pct, us, hwm / 1024, sb, lb, round
+            }' "$out" >>"$RAW"
+        tail -n 1 "$RAW" | awk -F'\t' '{ printf "load.sh:   %s qps, rcodes %s, %s us CPU/query, server CPU %s%%, peak RSS %s MiB, CPU busy %s%%/%s%%\n", $3, $7, $12, $11, $13, $14, $15 }' >&2
     done
+  done
 done
 stop_pid "$KNOT_PID"; forget_pid "$KNOT_PID"
+
+# One row per (server, workload): the median of each numeric column over the
+# rounds (the figure itself when ROUNDS=1); response codes from the first round.
+awk -F'\t' -v OFS='\t' '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    {
+        k = $1 OFS $2
+        if (!(k in rc)) { order[++nk] = k; rc[k] = $7 }
+        for (c = 3; c <= 15; c++) if (c != 7) vals[k, c] = vals[k, c] " " $c
+    }
+    END {
+        split("x x %.0f %d %d %d x %.3f %.3f %.2f %.0f %.2f %.1f %.0f %.0f", fmt, " ")
+        for (i = 1; i <= nk; i++) {
+            k = order[i]; line = k
+            for (c = 3; c <= 15; c++) line = line OFS (c == 7 ? rc[k] : sprintf(fmt[c], median(vals[k, c])))
+            print line
+        }
+    }' "$RAW" >"$RESULTS"
 
 # ------------------------------------------------------------------ report
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -423,7 +465,7 @@ REPORT=$OUT_DIR/load-$STAMP.md
 ver() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo "?"; }
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ] && GIT_REV="$GIT_REV (dirty tree)"
-ENV_PREFIX="DURATION=$DURATION SERVERS=\"$SERVERS\" WORKLOADS=\"$WORKLOADS\" CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING NAMES=$NAMES"
+ENV_PREFIX="DURATION=$DURATION ROUNDS=$ROUNDS SERVERS=\"$SERVERS\" WORKLOADS=\"$WORKLOADS\" CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING NAMES=$NAMES"
 [ -n "$MAX_QPS" ] && ENV_PREFIX="$ENV_PREFIX MAX_QPS=$MAX_QPS"
 
 REF=pinhole
@@ -439,12 +481,13 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
     echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $NCPU CPUs; server on CPU $SERVER_CPU, dnsperf + knotd on CPU $LOAD_CPU"
     echo "- Idle baseline (2 s before the run): CPU $SERVER_CPU ${BASE_S}% busy, CPU $LOAD_CPU ${BASE_L}% busy$( [ "$BASE_S" -gt 10 ] || [ "$BASE_L" -gt 10 ] && echo ' — **machine was not idle, figures are skewed**')"
     echo "- Versions: dnsperf $(ver dnsperf), knot $(ver knot), unbound $(ver unbound), dnsmasq $(ver dnsmasq-base), pinhole $GIT_REV"
-    echo "- Load: $DURATION s per run, dnsperf -c $CLIENTS -T 1 -q $OUTSTANDING -t 2${MAX_QPS:+ -Q $MAX_QPS}, UDP to $ADDR:$PORT; upstream knotd $ADDR:$UP_PORT, zone bench.test. with $NAMES unique names (TTL 3600)"
+    echo "- Load: $DURATION s per run, $ROUNDS round(s), dnsperf -c $CLIENTS -T 1 -q $OUTSTANDING -t 2${MAX_QPS:+ -Q $MAX_QPS}, UDP to $ADDR:$PORT; upstream knotd $ADDR:$UP_PORT, zone bench.test. with $NAMES unique names (TTL 3600)"
     echo "- Workloads: cached = cached.bench.test A repeated (after one warm-up query); miss = u1..u$NAMES.bench.test A once each (dnsperf -n 1, fresh server); blocked = x1..x$BLOCKED_NAMES.blocked.test A looped"
     echo "- Every (server, workload) run starts the server afresh. CPU = utime+stime of the server process from /proc/PID/stat (all threads) across the dnsperf run; CPU % = CPU s / run time; peak RSS = VmHWM at the end of the run. CPU N busy % = share of that CPU not idle during the run (/proc/stat; includes softirq and every process on it): a load CPU near 100 % with a server CPU % well under 100 % means dnsperf, not the server, set the QPS."
     echo
     echo "## Results"
     echo
+    [ "$ROUNDS" -gt 1 ] && echo "Median of $ROUNDS interleaved rounds for every numeric column (response codes from round 1)." && echo
     echo "| server | workload | QPS | completed | lost | response codes | avg latency ms | run s | server CPU s | server CPU % | CPU µs/query | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % |"
     echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 }' "$RESULTS"
@@ -469,6 +512,14 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
                 echo "$row"
             done
         done
+        echo
+    fi
+    if [ "$ROUNDS" -gt 1 ]; then
+        echo "## Every round"
+        echo
+        echo "| round | server | workload | QPS | response codes | CPU µs/query | server CPU % | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % |"
+        echo "|---:|---|---|---:|---|---:|---:|---:|---:|---:|"
+        awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $16, $1, $2, $3, $7, $12, $11, $13, $14, $15 }' "$RAW"
         echo
     fi
     echo "## Commands"

@@ -166,7 +166,8 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(max_entries: usize, limits: CacheLimits) -> Cache {
-        let per_shard = NonZeroUsize::new(max_entries.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard =
+            NonZeroUsize::new(max_entries.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         Cache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))

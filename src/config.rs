@@ -316,7 +316,10 @@ impl Config {
                     path,
                     text,
                     Some(s.span()),
-                    format!("upstream server {:?} is not an IP address with an optional port", s.get_ref()),
+                    format!(
+                        "upstream server {:?} is not an IP address with an optional port",
+                        s.get_ref()
+                    ),
                     "write \"IP\" or \"IP:PORT\", IPv6 in brackets: \"[2001:db8::1]:53\"",
                 )),
             }

@@ -12,9 +12,16 @@ use crate::policy::{Action, MatchKind, Policy};
 /// What a client gets under a block action, in words.
 fn block_answer(action: BlockAction, qtype: &str, config: &Config) -> String {
     match action {
-        BlockAction::Refuse => "REFUSED (with Extended DNS Error 15 Blocked for EDNS clients)".into(),
-        BlockAction::Nxdomain => "NXDOMAIN with pinhole's SOA (Extended DNS Error 15 Blocked)".into(),
-        BlockAction::Nodata => "NOERROR with no records and pinhole's SOA (NODATA, Extended DNS Error 15 Blocked)".into(),
+        BlockAction::Refuse => {
+            "REFUSED (with Extended DNS Error 15 Blocked for EDNS clients)".into()
+        }
+        BlockAction::Nxdomain => {
+            "NXDOMAIN with pinhole's SOA (Extended DNS Error 15 Blocked)".into()
+        }
+        BlockAction::Nodata => {
+            "NOERROR with no records and pinhole's SOA (NODATA, Extended DNS Error 15 Blocked)"
+                .into()
+        }
         BlockAction::Sinkhole => match qtype {
             "A" => format!("A {} (sinkhole)", config.policy.sinkhole_ipv4),
             "AAAA" => format!("AAAA {} (sinkhole)", config.policy.sinkhole_ipv6),
@@ -36,7 +43,11 @@ pub fn explain(config: &Config, policy: &Policy, name: &str, qtype: &str) -> Str
             SpecialReply::Nxdomain => "NXDOMAIN with pinhole's SOA",
             SpecialReply::Nodata => "NOERROR with no records (NODATA) and pinhole's SOA",
         };
-        let _ = writeln!(out, "decided:  special name, [special] in {}", config.path.display());
+        let _ = writeln!(
+            out,
+            "decided:  special name, [special] in {}",
+            config.path.display()
+        );
         let _ = writeln!(out, "why:      {}", special.describe());
         let _ = writeln!(out, "answer:   {answer}; never forwarded");
         return out;
@@ -52,7 +63,13 @@ pub fn explain(config: &Config, policy: &Policy, name: &str, qtype: &str) -> Str
             };
             for zone in policy.target_zones(target) {
                 let ports: Vec<String> = zone.ports.iter().map(|p| p.to_string()).collect();
-                let _ = writeln!(out, "zone:     {} ({}:{})", zone.name, zone.file.display(), zone.line);
+                let _ = writeln!(
+                    out,
+                    "zone:     {} ({}:{})",
+                    zone.name,
+                    zone.file.display(),
+                    zone.line
+                );
                 if !zone.description.is_empty() {
                     let _ = writeln!(out, "          {}", zone.description);
                 }
@@ -60,7 +77,11 @@ pub fn explain(config: &Config, policy: &Policy, name: &str, qtype: &str) -> Str
                 let _ = writeln!(
                     out,
                     "ports:    {}",
-                    if ports.is_empty() { "(none listed)".to_string() } else { ports.join(", ") }
+                    if ports.is_empty() {
+                        "(none listed)".to_string()
+                    } else {
+                        ports.join(", ")
+                    }
                 );
             }
         }

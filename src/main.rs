@@ -61,8 +61,10 @@ fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&default))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -71,7 +73,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
-        Command::Explain { name, qtype, config } => load(&config).map(|(c, p)| {
+        Command::Explain {
+            name,
+            qtype,
+            config,
+        } => load(&config).map(|(c, p)| {
             print!("{}", pinhole::explain::explain(&c, &p, &name, &qtype));
         }),
         Command::Run { config } => run(&config),
@@ -111,7 +117,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let metrics = Arc::new(Metrics::default());
         let zones = policy.zones().len();
         let server = Server::start(&config, policy, Arc::clone(&metrics)).await?;
-        tracing::info!(zones, upstreams = config.upstream.resolved.len(), "pinhole ready");
+        tracing::info!(
+            zones,
+            upstreams = config.upstream.resolved.len(),
+            "pinhole ready"
+        );
         shutdown_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;

@@ -138,12 +138,27 @@ impl Handler {
         // 1. Who may ask.
         if !self.client_allowed(client) {
             Metrics::inc(&m.refused_acl_total);
-            self.synthesize(&q, transport, wire::RCODE_REFUSED, out, Some((wire::EDE_PROHIBITED, EDE_TEXT_ACL)));
+            self.synthesize(
+                &q,
+                transport,
+                wire::RCODE_REFUSED,
+                out,
+                Some((wire::EDE_PROHIBITED, EDE_TEXT_ACL)),
+            );
             return Step::Answered;
         }
         // 2. What pinhole does not serve: other classes, zone transfers.
         if q.qclass != wire::CLASS_IN || q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
-            self.synthesize(&q, transport, wire::RCODE_REFUSED, out, Some((wire::EDE_NOT_SUPPORTED, "pinhole: only class IN, no zone transfers")));
+            self.synthesize(
+                &q,
+                transport,
+                wire::RCODE_REFUSED,
+                out,
+                Some((
+                    wire::EDE_NOT_SUPPORTED,
+                    "pinhole: only class IN, no zone transfers",
+                )),
+            );
             return Step::Answered;
         }
         // 3. Special names, answered here and never forwarded.
@@ -153,7 +168,8 @@ impl Handler {
                 SpecialReply::Nxdomain => wire::RCODE_NXDOMAIN,
                 SpecialReply::Nodata => wire::RCODE_NOERROR,
             };
-            let ede = (special == Special::PrivateRelay).then_some((wire::EDE_BLOCKED, special.describe()));
+            let ede = (special == Special::PrivateRelay)
+                .then_some((wire::EDE_BLOCKED, special.describe()));
             self.negative(&q, transport, rcode, out, ede);
             return Step::Answered;
         }
@@ -171,14 +187,27 @@ impl Handler {
             && block != BlockAction::Forward
         {
             Metrics::inc(&m.blocked_total);
-            let ede = (wire::EDE_BLOCKED, if by_zone { EDE_TEXT_ZONE } else { EDE_TEXT_DEFAULT });
+            let ede = (
+                wire::EDE_BLOCKED,
+                if by_zone {
+                    EDE_TEXT_ZONE
+                } else {
+                    EDE_TEXT_DEFAULT
+                },
+            );
             self.block(&q, transport, block, out, ede);
             return Step::Answered;
         }
         // 5. ANY gets the minimal answer of RFC 8482 rather than whatever the upstream holds.
         if q.qtype == wire::TYPE_ANY {
             wire::start_response(out, &q, wire::RCODE_NOERROR, false);
-            wire::push_record(out, wire::ANSWER_COUNT, wire::TYPE_HINFO, self.settings.block_ttl, b"\x07RFC8482\x00");
+            wire::push_record(
+                out,
+                wire::ANSWER_COUNT,
+                wire::TYPE_HINFO,
+                self.settings.block_ttl,
+                b"\x07RFC8482\x00",
+            );
             self.finish(&q, transport, out, None);
             return Step::Answered;
         }
@@ -292,7 +321,10 @@ impl Handler {
         };
         // The raw answer is passed on as the upstream wrote it; hickory-proto checks that it is
         // well-formed DNS before it is cached or served.
-        let scan = match (wire::scan_response(&answer), hickory_proto::op::Message::from_vec(&answer)) {
+        let scan = match (
+            wire::scan_response(&answer),
+            hickory_proto::op::Message::from_vec(&answer),
+        ) {
             (Some(scan), Ok(_message)) => scan,
             (_, parsed) => {
                 Metrics::inc(&self.metrics.upstream_malformed_total);
@@ -327,7 +359,13 @@ impl Handler {
     }
 
     /// Adds the client's OPT record and enforces the UDP size limit (512 without EDNS).
-    fn finish(&self, q: &Query<'_>, transport: Transport, out: &mut Vec<u8>, ede: Option<(u16, &str)>) {
+    fn finish(
+        &self,
+        q: &Query<'_>,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        ede: Option<(u16, &str)>,
+    ) {
         let ede = ede.filter(|_| self.settings.extended_errors);
         if let Some(edns) = q.edns {
             wire::push_opt(out, self.settings.max_udp_payload, edns.dnssec_ok, 0, ede);
@@ -347,24 +385,53 @@ impl Handler {
     }
 
     /// A bare answer with `rcode`.
-    fn synthesize(&self, q: &Query<'_>, transport: Transport, rcode: u8, out: &mut Vec<u8>, ede: Option<(u16, &str)>) {
+    fn synthesize(
+        &self,
+        q: &Query<'_>,
+        transport: Transport,
+        rcode: u8,
+        out: &mut Vec<u8>,
+        ede: Option<(u16, &str)>,
+    ) {
         wire::start_response(out, q, rcode, false);
         self.finish(q, transport, out, ede);
     }
 
     /// NXDOMAIN or NODATA with pinhole's SOA, so that clients cache the answer.
-    fn negative(&self, q: &Query<'_>, transport: Transport, rcode: u8, out: &mut Vec<u8>, ede: Option<(u16, &str)>) {
+    fn negative(
+        &self,
+        q: &Query<'_>,
+        transport: Transport,
+        rcode: u8,
+        out: &mut Vec<u8>,
+        ede: Option<(u16, &str)>,
+    ) {
         wire::start_response(out, q, rcode, true);
-        wire::push_record(out, wire::AUTHORITY_COUNT, wire::TYPE_SOA, self.settings.block_ttl, &self.settings.soa_rdata);
+        wire::push_record(
+            out,
+            wire::AUTHORITY_COUNT,
+            wire::TYPE_SOA,
+            self.settings.block_ttl,
+            &self.settings.soa_rdata,
+        );
         self.finish(q, transport, out, ede);
     }
 
-    fn block(&self, q: &Query<'_>, transport: Transport, action: BlockAction, out: &mut Vec<u8>, ede: (u16, &str)) {
+    fn block(
+        &self,
+        q: &Query<'_>,
+        transport: Transport,
+        action: BlockAction,
+        out: &mut Vec<u8>,
+        ede: (u16, &str),
+    ) {
         match action {
             BlockAction::Refuse | BlockAction::Forward => {
                 self.synthesize(q, transport, wire::RCODE_REFUSED, out, Some(ede))
             }
-            BlockAction::Nxdomain => self.negative(q, transport, wire::RCODE_NXDOMAIN, out, Some(ede)),
+            BlockAction::Nxdomain => {
+                self.negative(q, transport, wire::RCODE_NXDOMAIN, out, Some(ede))
+            }
             BlockAction::Nodata => self.negative(q, transport, wire::RCODE_NOERROR, out, Some(ede)),
             BlockAction::Sinkhole => {
                 let rdata: &[u8] = match q.qtype {
@@ -373,7 +440,13 @@ impl Handler {
                     _ => return self.negative(q, transport, wire::RCODE_NOERROR, out, Some(ede)),
                 };
                 wire::start_response(out, q, wire::RCODE_NOERROR, true);
-                wire::push_record(out, wire::ANSWER_COUNT, q.qtype, self.settings.block_ttl, rdata);
+                wire::push_record(
+                    out,
+                    wire::ANSWER_COUNT,
+                    q.qtype,
+                    self.settings.block_ttl,
+                    rdata,
+                );
                 self.finish(q, transport, out, Some(ede));
             }
         }

@@ -23,7 +23,9 @@ pub use handler::{Handler, Step, Transport};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({proto}): {source}; is another DNS server running there, or does pinhole lack the right to bind the port (root or CAP_NET_BIND_SERVICE)?")]
+    #[error(
+        "cannot listen on {addr} ({proto}): {source}; is another DNS server running there, or does pinhole lack the right to bind the port (root or CAP_NET_BIND_SERVICE)?"
+    )]
     Bind {
         addr: SocketAddr,
         proto: &'static str,
@@ -42,7 +44,11 @@ pub struct Server {
 impl Server {
     /// Binds every configured address (UDP and TCP on the same port; port 0 picks one) and
     /// starts serving. Must be called inside a tokio runtime.
-    pub async fn start(config: &Config, policy: Policy, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
+    pub async fn start(
+        config: &Config,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, ServeError> {
         let handler = Arc::new(Handler::new(config, policy, metrics));
         let sockets = match config.server.udp_sockets {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -60,7 +66,11 @@ impl Server {
             tasks: JoinSet::new(),
         };
         for &addr in &config.server.listen {
-            let bind_err = |proto, source| ServeError::Bind { addr, proto, source };
+            let bind_err = |proto, source| ServeError::Bind {
+                addr,
+                proto,
+                source,
+            };
             // The first UDP socket fixes the port (for port 0); the others share it.
             let first = udp::bind_reuseport(addr).map_err(|e| bind_err("udp", e))?;
             let actual = first.local_addr().map_err(|e| bind_err("udp", e))?;
@@ -73,7 +83,9 @@ impl Server {
                 let s = tokio::net::UdpSocket::from_std(s).map_err(|e| bind_err("udp", e))?;
                 server.tasks.spawn(udp::serve(s, Arc::clone(&handler)));
             }
-            server.tasks.spawn(tcp::serve(tcp_listener, Arc::clone(&handler), limits));
+            server
+                .tasks
+                .spawn(tcp::serve(tcp_listener, Arc::clone(&handler), limits));
             server.udp.push(actual);
             server.tcp.push(actual);
             tracing::info!(%actual, udp_sockets = sockets, "listening on UDP and TCP");

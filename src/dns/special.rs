@@ -26,8 +26,7 @@ pub enum SpecialReply {
 impl Special {
     /// The special name `name` (lower case, dotted) is, if it is one and its switch is on.
     pub fn classify(name: &[u8], config: &SpecialConfig) -> Option<(Special, SpecialReply)> {
-        if config.resolver_arpa && (name == b"resolver.arpa" || name.ends_with(b".resolver.arpa"))
-        {
+        if config.resolver_arpa && (name == b"resolver.arpa" || name.ends_with(b".resolver.arpa")) {
             return Some((Special::ResolverArpa, SpecialReply::Nodata));
         }
         if name == b"mask.icloud.com" || name == b"mask-h2.icloud.com" {

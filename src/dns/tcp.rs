@@ -53,15 +53,24 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>, limits: TcpLimi
     }
 }
 
-async fn connection(stream: TcpStream, client: std::net::IpAddr, handler: Arc<Handler>, limits: TcpLimits) {
+async fn connection(
+    stream: TcpStream,
+    client: std::net::IpAddr,
+    handler: Arc<Handler>,
+    limits: TcpLimits,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_inflight);
     let writer_task = tokio::spawn(async move {
         let mut writer = BufWriter::new(writer);
         while let Some(msg) = rx.recv().await {
-            let Ok(len) = u16::try_from(msg.len()) else { continue };
-            if writer.write_all(&len.to_be_bytes()).await.is_err() || writer.write_all(&msg).await.is_err() {
+            let Ok(len) = u16::try_from(msg.len()) else {
+                continue;
+            };
+            if writer.write_all(&len.to_be_bytes()).await.is_err()
+                || writer.write_all(&msg).await.is_err()
+            {
                 return;
             }
             // Flush when nothing else is queued, so pipelined answers share a segment.
@@ -95,10 +104,15 @@ async fn connection(stream: TcpStream, client: std::net::IpAddr, handler: Arc<Ha
             }
             Step::Dropped => {}
             Step::Upstream => {
-                let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else { break };
+                let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else {
+                    break;
+                };
                 let (handler, tx) = (Arc::clone(&handler), tx.clone());
                 tokio::spawn(async move {
-                    if handler.answer_upstream(&packet, Transport::Tcp, &mut out).await {
+                    if handler
+                        .answer_upstream(&packet, Transport::Tcp, &mut out)
+                        .await
+                    {
                         let _ = tx.send(out).await;
                     }
                     drop(permit);

@@ -33,7 +33,11 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> 
 
 /// Logs a fault only when its counter reaches a power of two, so a flood of the same fault
 /// cannot flood the log; the metric counts every one.
-pub fn log_fault(counter: &std::sync::atomic::AtomicU64, what: &str, error: &dyn std::fmt::Display) {
+pub fn log_fault(
+    counter: &std::sync::atomic::AtomicU64,
+    what: &str,
+    error: &dyn std::fmt::Display,
+) {
     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
     if n.is_power_of_two() {
         tracing::warn!(count = n, error = %error, "{what}");
@@ -73,8 +77,11 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
                 }
                 pending.fetch_add(1, Ordering::Relaxed);
                 let packet = packet.to_vec();
-                let (socket, handler, pending) =
-                    (Arc::clone(&socket), Arc::clone(&handler), Arc::clone(&pending));
+                let (socket, handler, pending) = (
+                    Arc::clone(&socket),
+                    Arc::clone(&handler),
+                    Arc::clone(&pending),
+                );
                 tokio::spawn(async move {
                     let mut out = Vec::new();
                     if handler

@@ -400,7 +400,18 @@ pub fn build_query(
 ) {
     out.clear();
     out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&[FLAG_RD, if cd { FLAG_CD } else { 0 }, 0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[
+        FLAG_RD,
+        if cd { FLAG_CD } else { 0 },
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
     out.extend_from_slice(question);
     push_opt(out, payload, dnssec_ok, 0, None);
 }
@@ -443,10 +454,16 @@ mod tests {
         assert_eq!(Query::parse(&[0; 5]).err(), Some(QueryError::Drop));
         let mut pkt = query_bytes("a.test", TYPE_A, false);
         pkt[5] = 2;
-        assert_eq!(Query::parse(&pkt).err(), Some(QueryError::Rcode(RCODE_FORMERR)));
+        assert_eq!(
+            Query::parse(&pkt).err(),
+            Some(QueryError::Rcode(RCODE_FORMERR))
+        );
         let mut pkt = query_bytes("a.test", TYPE_A, false);
         pkt[2] |= 2 << 3;
-        assert_eq!(Query::parse(&pkt).err(), Some(QueryError::Rcode(RCODE_NOTIMP)));
+        assert_eq!(
+            Query::parse(&pkt).err(),
+            Some(QueryError::Rcode(RCODE_NOTIMP))
+        );
         let pkt = query_bytes("a.test", TYPE_A, false);
         assert_eq!(
             Query::parse(&pkt[..pkt.len() - 2]).err(),

@@ -96,9 +96,7 @@ impl Matcher {
                             exact: NONE,
                             wild: NONE,
                         },
-                        |s| {
-                            hasher.hash_one(&arena[s.offset as usize..(s.offset + s.len) as usize])
-                        },
+                        |s| hasher.hash_one(&arena[s.offset as usize..(s.offset + s.len) as usize]),
                     )
                     .into_mut()
             }
@@ -171,7 +169,10 @@ mod tests {
     #[test]
     fn most_specific_wins() {
         let m = m();
-        assert_eq!(m.lookup(b"1-courier.push.apple.com").map(|x| x.target), Some(1));
+        assert_eq!(
+            m.lookup(b"1-courier.push.apple.com").map(|x| x.target),
+            Some(1)
+        );
         assert_eq!(m.lookup(b"a.b.push.apple.com").map(|x| x.target), Some(1));
         assert_eq!(m.lookup(b"mesu.apple.com").map(|x| x.target), Some(3));
         assert_eq!(m.lookup(b"x.apple.com").map(|x| x.target), Some(2));

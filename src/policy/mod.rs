@@ -6,7 +6,6 @@
 pub mod matcher;
 pub mod zonefile;
 
-
 use crate::config::{BlockAction, Config};
 use crate::diag::{Diagnostic, Diagnostics};
 pub use matcher::{Match, MatchKind, Matcher};
@@ -103,7 +102,11 @@ impl Policy {
                             &config.path,
                             &config_text,
                             config.enable_span(n.get_ref()),
-                            format!("[policy] enable names zone {:?}, which no file in {} defines", n.get_ref(), dir.display()),
+                            format!(
+                                "[policy] enable names zone {:?}, which no file in {} defines",
+                                n.get_ref(),
+                                dir.display()
+                            ),
                             format!("use one of: {}", known.join(", ")),
                         ));
                     }
@@ -268,19 +271,32 @@ mod tests {
     fn block_beats_allow_on_the_same_pattern_and_specific_beats_general() {
         let mut b = PolicyBuilder::new(BlockAction::Refuse);
         b.add_zone(zone("apple", ZoneAction::Allow, &["*.apple.com", "x.test"]));
-        b.add_zone(zone("doh", ZoneAction::Nxdomain, &["doh.dns.apple.com", "x.test"]));
+        b.add_zone(zone(
+            "doh",
+            ZoneAction::Nxdomain,
+            &["doh.dns.apple.com", "x.test"],
+        ));
         b.add_zone(zone("apple2", ZoneAction::Allow, &["*.apple.com"]));
         let p = b.build();
         assert_eq!(p.decide(b"mesu.apple.com").action, Action::Allow);
         let v = p.decide(b"mesu.apple.com");
-        let names: Vec<_> = p.target_zones(v.target.expect("t")).map(|z| z.name.as_str()).collect();
+        let names: Vec<_> = p
+            .target_zones(v.target.expect("t"))
+            .map(|z| z.name.as_str())
+            .collect();
         assert_eq!(names, ["apple", "apple2"]);
         assert_eq!(
             p.decide(b"doh.dns.apple.com").action,
             Action::Block(BlockAction::Nxdomain)
         );
-        assert_eq!(p.decide(b"x.test").action, Action::Block(BlockAction::Nxdomain));
-        assert_eq!(p.decide(b"example.org").action, Action::Block(BlockAction::Refuse));
+        assert_eq!(
+            p.decide(b"x.test").action,
+            Action::Block(BlockAction::Nxdomain)
+        );
+        assert_eq!(
+            p.decide(b"example.org").action,
+            Action::Block(BlockAction::Refuse)
+        );
         assert_eq!(p.decide(b"example.org").target, None);
     }
 }

@@ -79,7 +79,11 @@ impl Upstreams {
 
     /// Asks the servers until one gives a usable answer. SERVFAIL and REFUSED make pinhole try
     /// the next server; if every server says so, the last such answer is returned as it is.
-    pub async fn exchange(&self, q: &Question<'_>, metrics: &Metrics) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn exchange(
+        &self,
+        q: &Question<'_>,
+        metrics: &Metrics,
+    ) -> Result<Vec<u8>, UpstreamError> {
         let deadline = Instant::now() + self.timeout;
         let mut last_answer = None;
         let mut last_error = None;

@@ -1,3 +1,3 @@
 #![allow(dead_code)]
-
+pub mod pinhole;
 pub mod upstream;

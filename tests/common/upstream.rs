@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::rdata::svcb::{Alpn, IpHint, SVCB, SvcParamKey, SvcParamValue};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, HTTPS, SOA, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
@@ -249,7 +251,11 @@ pub fn build_query(name: &str, rtype: RecordType, edns: Option<u16>) -> Message 
 
 /// Sends `query` over UDP to `server` and waits (at most `timeout`) for the response with the
 /// same id. Returns `None` on timeout. Panics on I/O or decode errors.
-pub async fn exchange_udp(server: SocketAddr, query: &Message, timeout: Duration) -> Option<Message> {
+pub async fn exchange_udp(
+    server: SocketAddr,
+    query: &Message,
+    timeout: Duration,
+) -> Option<Message> {
     let sock = UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("exchange_udp: bind client socket");
@@ -278,7 +284,11 @@ pub async fn exchange_udp(server: SocketAddr, query: &Message, timeout: Duration
 
 /// Sends `query` over TCP (2-byte length prefix) to `server` and reads one response. Returns
 /// `None` on timeout (connect + write + read). Panics on I/O or decode errors.
-pub async fn exchange_tcp(server: SocketAddr, query: &Message, timeout: Duration) -> Option<Message> {
+pub async fn exchange_tcp(
+    server: SocketAddr,
+    query: &Message,
+    timeout: Duration,
+) -> Option<Message> {
     let bytes = query.to_vec().expect("exchange_tcp: encode query");
     let exchange = async {
         let mut stream = TcpStream::connect(server)
@@ -308,7 +318,12 @@ pub async fn exchange_tcp(server: SocketAddr, query: &Message, timeout: Duration
 }
 
 /// `build_query` + `exchange_udp` with a 2 s timeout; panics if no answer arrives.
-pub async fn query_udp(server: SocketAddr, name: &str, rtype: RecordType, edns: Option<u16>) -> Message {
+pub async fn query_udp(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    edns: Option<u16>,
+) -> Message {
     let q = build_query(name, rtype, edns);
     exchange_udp(server, &q, Duration::from_secs(2))
         .await
@@ -316,7 +331,12 @@ pub async fn query_udp(server: SocketAddr, name: &str, rtype: RecordType, edns: 
 }
 
 /// `build_query` + `exchange_tcp` with a 2 s timeout; panics if no answer arrives.
-pub async fn query_tcp(server: SocketAddr, name: &str, rtype: RecordType, edns: Option<u16>) -> Message {
+pub async fn query_tcp(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    edns: Option<u16>,
+) -> Message {
     let q = build_query(name, rtype, edns);
     exchange_tcp(server, &q, Duration::from_secs(2))
         .await
@@ -564,7 +584,11 @@ struct Handler {
 }
 
 impl Handler {
-    async fn handle<R: ResponseHandler>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+    async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let response_edns = request.edns.as_ref().map(|_| {
             let mut edns = Edns::new();
@@ -575,7 +599,9 @@ impl Handler {
 
         let resolution = match request.request_info() {
             Err(_) => Resolution::rcode(ResponseCode::FormErr),
-            Ok(_) if request.metadata.op_code != OpCode::Query => Resolution::rcode(ResponseCode::NotImp),
+            Ok(_) if request.metadata.op_code != OpCode::Query => {
+                Resolution::rcode(ResponseCode::NotImp)
+            }
             Ok(info) => {
                 let qname = info.query.name().clone();
                 let qtype = info.query.query_type();
@@ -683,14 +709,14 @@ fn encoded_len(
 // `RequestHandler` is declared with `#[async_trait]`; this crate has no direct async-trait
 // dependency, so the desugared signature is written out by hand.
 impl RequestHandler for Handler {
-    fn handle_request<'life0, 'life1, 'async_trait, R: ResponseHandler, T: Time>(
+    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
         &'life0 self,
         request: &'life1 Request,
         response_handle: R,
     ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
     where
-        R: 'async_trait,
-        T: 'async_trait,
+        R: ResponseHandler + 'async_trait,
+        T: Time + 'async_trait,
         'life0: 'async_trait,
         'life1: 'async_trait,
         Self: 'async_trait,
