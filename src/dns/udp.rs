@@ -87,10 +87,9 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
                     if handler
                         .answer_upstream(&packet, Transport::Udp, &mut out)
                         .await
+                        && let Err(e) = socket.send_to(&out, peer).await
                     {
-                        if let Err(e) = socket.send_to(&out, peer).await {
-                            log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
-                        }
+                        log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
                     }
                     pending.fetch_sub(1, Ordering::Relaxed);
                 });
