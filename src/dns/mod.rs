@@ -3,6 +3,7 @@
 //! Owns the sockets and their tasks. `Server::start` binds every listener before it returns, so
 //! a returned server is ready to answer; dropping it stops every task.
 
+pub mod batch;
 pub mod handler;
 pub mod special;
 pub mod tcp;

@@ -1,7 +1,8 @@
 //! The UDP listener: several SO_REUSEPORT sockets per address, each with one receive loop.
 //!
-//! Owns the sockets and the loop. Local answers (cache hits, blocks, errors) are written and sent
-//! from the loop itself with reused buffers: no task, no allocation. Only queries that need an
+//! Owns the sockets and the loop. Datagrams are received and answered in batches (`recvmmsg`,
+//! `sendmmsg`); local answers (cache hits, blocks, errors) are written into reused buffers by the
+//! loop itself: no task, no allocation. Only queries that need an
 //! upstream become tasks, bounded in number. It decides nothing about the query.
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::dns::batch::{RecvBatch, SendBatch};
 use crate::dns::handler::{Handler, Step, Transport};
 
 /// Queries waiting for an upstream, per socket, before new ones are dropped.
@@ -44,56 +46,63 @@ pub fn log_fault(
     }
 }
 
-/// Serves one socket until the task is aborted.
+/// Serves one socket until the task is aborted: receive a batch, answer what can be answered
+/// at once into the send batch, hand the rest to upstream tasks, send the batch.
 pub async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
     let socket = Arc::new(socket);
     let pending = Arc::new(AtomicUsize::new(0));
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let mut rx = RecvBatch::default();
+    let mut tx = SendBatch::default();
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                log_fault(&handler.metrics.io_errors_total, "UDP receive failed", &e);
-                continue;
-            }
-        };
-        let packet = &buf[..n];
-        match handler.answer_local(packet, peer.ip(), Transport::Udp, &mut out) {
-            Step::Answered => {
-                if let Err(e) = socket.send_to(&out, peer).await {
-                    log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
-                }
-            }
-            Step::Dropped => {}
-            Step::Upstream => {
-                if pending.load(Ordering::Relaxed) >= MAX_PENDING_PER_SOCKET {
-                    log_fault(
-                        &handler.metrics.overload_dropped_total,
-                        "too many queries waiting for upstreams; dropping",
-                        &MAX_PENDING_PER_SOCKET,
-                    );
-                    continue;
-                }
-                pending.fetch_add(1, Ordering::Relaxed);
-                let packet = packet.to_vec();
-                let (socket, handler, pending) = (
-                    Arc::clone(&socket),
-                    Arc::clone(&handler),
-                    Arc::clone(&pending),
-                );
-                tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    if handler
-                        .answer_upstream(&packet, Transport::Udp, &mut out)
-                        .await
-                        && let Err(e) = socket.send_to(&out, peer).await
-                    {
-                        log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
-                    }
-                    pending.fetch_sub(1, Ordering::Relaxed);
-                });
+        if let Err(e) = rx.recv(&socket).await {
+            log_fault(&handler.metrics.io_errors_total, "UDP receive failed", &e);
+            continue;
+        }
+        for i in 0..rx.len() {
+            let Some(peer) = rx.peer(i) else { continue };
+            let packet = rx.packet(i);
+            match handler.answer_local(packet, peer.ip(), Transport::Udp, tx.next_buf()) {
+                Step::Answered => tx.commit(&rx, i),
+                Step::Dropped => {}
+                Step::Upstream => spawn_upstream(&socket, &handler, &pending, packet, peer),
             }
         }
+        if !tx.is_empty()
+            && let Err(e) = tx.flush(&socket).await
+        {
+            log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
+        }
     }
+}
+
+/// Answers one query that needs an upstream in its own task, bounded per socket.
+fn spawn_upstream(
+    socket: &Arc<UdpSocket>,
+    handler: &Arc<Handler>,
+    pending: &Arc<AtomicUsize>,
+    packet: &[u8],
+    peer: SocketAddr,
+) {
+    if pending.load(Ordering::Relaxed) >= MAX_PENDING_PER_SOCKET {
+        log_fault(
+            &handler.metrics.overload_dropped_total,
+            "too many queries waiting for upstreams; dropping",
+            &MAX_PENDING_PER_SOCKET,
+        );
+        return;
+    }
+    pending.fetch_add(1, Ordering::Relaxed);
+    let packet = packet.to_vec();
+    let (socket, handler, pending) = (Arc::clone(socket), Arc::clone(handler), Arc::clone(pending));
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        if handler
+            .answer_upstream(&packet, Transport::Udp, &mut out)
+            .await
+            && let Err(e) = socket.send_to(&out, peer).await
+        {
+            log_fault(&handler.metrics.io_errors_total, "UDP send failed", &e);
+        }
+        pending.fetch_sub(1, Ordering::Relaxed);
+    });
 }

@@ -65,6 +65,16 @@ impl Matcher {
         self.arena.capacity() + self.table.allocation_size()
     }
 
+    /// Releases spare capacity once all patterns are in.
+    pub fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+        let hasher = &self.hasher;
+        let arena = &self.arena;
+        self.table.shrink_to_fit(|s| {
+            hasher.hash_one(&arena[s.offset as usize..(s.offset + s.len) as usize])
+        });
+    }
+
     /// Inserts a normalized name (lower case, no trailing dot) as exact or wildcard pattern.
     /// `merge` combines the target already present with the new one (zones sharing a pattern).
     pub fn insert(

@@ -226,7 +226,8 @@ impl PolicyBuilder {
         }
     }
 
-    pub fn build(self) -> Policy {
+    pub fn build(mut self) -> Policy {
+        self.matcher.shrink_to_fit();
         let target_actions = self
             .targets
             .iter()
