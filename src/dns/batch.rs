@@ -105,9 +105,9 @@ impl RecvBatch {
                 return Err(io::Error::last_os_error());
             }
             let n = n as usize;
-            for i in 0..n {
-                self.lens[i] = (hdrs[i].msg_len as usize).min(MAX_QUERY);
-                self.addr_lens[i] = hdrs[i].msg_hdr.msg_namelen;
+            for (i, hdr) in hdrs.iter().enumerate().take(n) {
+                self.lens[i] = (hdr.msg_len as usize).min(MAX_QUERY);
+                self.addr_lens[i] = hdr.msg_hdr.msg_namelen;
             }
             Ok(n)
         }
