@@ -33,6 +33,7 @@
 # Traffic goes only to 127.0.0.1 (ports 5300 and 5310). Every dnsperf run is
 # bounded by -l DURATION (and an outer `timeout`), every wait loop is bounded,
 # and all processes started here are stopped on exit (trap EXIT).
+
 # shellcheck disable=SC2015  # `check && check || die` is intended
 set -euo pipefail
 
@@ -40,7 +41,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORIG_CMD=$(printf '%q ' "$0" "$@")
 ORIG_CMD=${ORIG_CMD% }
 
-usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -202,6 +203,19 @@ cpu_ticks() {  # utime + stime of the whole process (all threads), in clock tick
 }
 cpu_jiffies() {  # "busy total" jiffies of one CPU from /proc/stat (busy = all but idle+iowait)
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9 && i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+# "A B": user+nice+system jiffies of all CPUs (A), and the CPU ticks of our own
+# helpers (B): knotd, ksoftirqd/N, and every child this script has reaped
+# (dnsperf via timeout, kdig, awk...). A - B - server ticks over a run is CPU
+# used by processes that are not part of the benchmark.
+acct_snapshot() {
+    local st ch k=0 p t
+    st=$(cat "/proc/$$/stat"); st=${st##*) }
+    ch=$(awk '{ print $14 + $15 }' <<<"$st")   # cutime + cstime
+    for p in "$KNOT_PID" $(pgrep '^ksoftirqd/' || true); do
+        t=$(cpu_ticks "$p" 2>/dev/null) && k=$((k + t))
+    done
+    awk -v own=$((ch + k)) '$1 == "cpu" { print $2 + $3 + $4, own; exit }' /proc/stat
 }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -394,7 +408,7 @@ for round in $(seq "$ROUNDS"); do
         case $r in NOERROR*) die "$s answered probe.blocked.test with NOERROR; blocking is not configured" ;; esac
         sleep 0.2
         c0=$(cpu_ticks "$SERVER_PID")
-        s0=$(cpu_jiffies "$SERVER_CPU"); l0=$(cpu_jiffies "$LOAD_CPU")
+        s0=$(cpu_jiffies "$SERVER_CPU"); l0=$(cpu_jiffies "$LOAD_CPU"); a0=$(acct_snapshot)
         out=$TMP/$s/$w.round$round.dnsperf
         # In the background + wait, so that a signal to this script is acted
         # on at once (bash runs traps only between foreground commands).
@@ -406,12 +420,12 @@ for round in $(seq "$ROUNDS"); do
         forget_pid "$LOAD_PID"
         kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$TMP/$s/server.log" >&2; die "$s died during the $w run"; }
         c1=$(cpu_ticks "$SERVER_PID")
-        s1=$(cpu_jiffies "$SERVER_CPU"); l1=$(cpu_jiffies "$LOAD_CPU")
+        s1=$(cpu_jiffies "$SERVER_CPU"); l1=$(cpu_jiffies "$LOAD_CPU"); a1=$(acct_snapshot)
         hwm=$(hwm_kib "$SERVER_PID")
         stop_server
         grep -q 'Queries completed:' "$out" || { cat "$out" >&2; die "no dnsperf statistics for $s/$w"; }
         awk -v s="$s" -v w="$w" -v round="$round" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
-            -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" '
+            -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" -v a0="$a0" -v a1="$a1" '
             /Queries sent:/        { sent = $3 }
             /Queries completed:/   { done_ = $3 }
             /Queries lost:/        { lost = $3 }
@@ -428,9 +442,13 @@ for round in $(seq "$ROUNDS"); do
                 if (rc == "") rc = "none"
                 split(s0, a); split(s1, b); sb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
                 split(l0, a); split(l1, b); lb = b[2] > a[2] ? (b[1] - a[1]) / (b[2] - a[2]) * 100 : 0
-                printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%s\t%.3f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f\t%.0f\t%.0f\t%d\n", s, w, qps, sent, done_, lost, rc, lat * 1000, rt, cpu, pct, us, hwm / 1024, sb, lb, round
+                el = b[2] - a[2]                         # jiffies elapsed on one CPU
+                split(a0, a); split(a1, b)
+                oth = (b[1] - a[1]) - (b[2] - a[2]) - (c1 - c0)
+                oth = el > 0 && oth > 0 ? oth / el * 100 : 0
+                printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%s\t%.3f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%d\n", s, w, qps, sent, done_, lost, rc, lat * 1000, rt, cpu, pct, us, hwm / 1024, sb, lb, oth, round
             }' "$out" >>"$RAW"
-        tail -n 1 "$RAW" | awk -F'\t' '{ printf "load.sh:   %s qps, rcodes %s, %s us CPU/query, server CPU %s%%, peak RSS %s MiB, CPU busy %s%%/%s%%\n", $3, $7, $12, $11, $13, $14, $15 }' >&2
+        tail -n 1 "$RAW" | awk -F'\t' '{ printf "load.sh:   %s qps, rcodes %s, %s us CPU/query, server CPU %s%%, peak RSS %s MiB, CPU busy %s%%/%s%%, other processes %s%% of a CPU\n", $3, $7, $12, $11, $13, $14, $15, $16 }' >&2
     done
   done
 done
@@ -447,16 +465,19 @@ awk -F'\t' -v OFS='\t' '
     {
         k = $1 OFS $2
         if (!(k in rc)) { order[++nk] = k; rc[k] = $7 }
-        for (c = 3; c <= 15; c++) if (c != 7) vals[k, c] = vals[k, c] " " $c
+        for (c = 3; c <= 16; c++) if (c != 7) vals[k, c] = vals[k, c] " " $c
     }
     END {
-        split("x x %.0f %d %d %d x %.3f %.3f %.2f %.0f %.2f %.1f %.0f %.0f", fmt, " ")
+        split("x x %.0f %d %d %d x %.3f %.3f %.2f %.0f %.2f %.1f %.0f %.0f %.0f", fmt, " ")
         for (i = 1; i <= nk; i++) {
             k = order[i]; line = k
-            for (c = 3; c <= 15; c++) line = line OFS (c == 7 ? rc[k] : sprintf(fmt[c], median(vals[k, c])))
+            for (c = 3; c <= 16; c++) line = line OFS (c == 7 ? rc[k] : sprintf(fmt[c], median(vals[k, c])))
             print line
         }
     }' "$RAW" >"$RESULTS"
+
+NOISY=$(awk -F'\t' '$16 > 5 { n++ } END { print n + 0 }' "$RAW")
+[ "$NOISY" -eq 0 ] || log "warning: in $NOISY run(s) other processes used more than 5% of a CPU; those figures are skewed"
 
 # ------------------------------------------------------------------ report
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -483,14 +504,15 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
     echo "- Versions: dnsperf $(ver dnsperf), knot $(ver knot), unbound $(ver unbound), dnsmasq $(ver dnsmasq-base), pinhole $GIT_REV"
     echo "- Load: $DURATION s per run, $ROUNDS round(s), dnsperf -c $CLIENTS -T 1 -q $OUTSTANDING -t 2${MAX_QPS:+ -Q $MAX_QPS}, UDP to $ADDR:$PORT; upstream knotd $ADDR:$UP_PORT, zone bench.test. with $NAMES unique names (TTL 3600)"
     echo "- Workloads: cached = cached.bench.test A repeated (after one warm-up query); miss = u1..u$NAMES.bench.test A once each (dnsperf -n 1, fresh server); blocked = x1..x$BLOCKED_NAMES.blocked.test A looped"
-    echo "- Every (server, workload) run starts the server afresh. CPU = utime+stime of the server process from /proc/PID/stat (all threads) across the dnsperf run; CPU % = CPU s / run time; peak RSS = VmHWM at the end of the run. CPU N busy % = share of that CPU not idle during the run (/proc/stat; includes softirq and every process on it): a load CPU near 100 % with a server CPU % well under 100 % means dnsperf, not the server, set the QPS."
+    echo "- Every (server, workload) run starts the server afresh. CPU = utime+stime of the server process from /proc/PID/stat (all threads) across the dnsperf run; CPU % = CPU s / run time; peak RSS = VmHWM at the end of the run. CPU N busy % = share of that CPU not idle during the run (/proc/stat; includes softirq and every process on it): a load CPU near 100 % with a server CPU % well under 100 % means dnsperf, not the server, set the QPS. Other procs % = CPU used during the run by processes that are not the server, knotd, ksoftirqd or this script's children, in % of one CPU: above ~5 % the machine was not quiet and that run is skewed."
     echo
     echo "## Results"
     echo
+    [ "$NOISY" -gt 0 ] && echo "**Warning: in $NOISY run(s) other processes used more than 5 % of a CPU (column \"other procs %\"); those figures are skewed. Re-run on a quiet machine.**" && echo
     [ "$ROUNDS" -gt 1 ] && echo "Median of $ROUNDS interleaved rounds for every numeric column (response codes from round 1)." && echo
-    echo "| server | workload | QPS | completed | lost | response codes | avg latency ms | run s | server CPU s | server CPU % | CPU µs/query | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % |"
-    echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 }' "$RESULTS"
+    echo "| server | workload | QPS | completed | lost | response codes | avg latency ms | run s | server CPU s | server CPU % | CPU µs/query | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % | other procs % |"
+    echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 }' "$RESULTS"
     echo
     if [ ${#OTHERS[@]} -gt 0 ]; then
         echo "## Ratios ($REF ÷ other)"
@@ -517,9 +539,9 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
     if [ "$ROUNDS" -gt 1 ]; then
         echo "## Every round"
         echo
-        echo "| round | server | workload | QPS | response codes | CPU µs/query | server CPU % | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % |"
-        echo "|---:|---|---|---:|---|---:|---:|---:|---:|---:|"
-        awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $16, $1, $2, $3, $7, $12, $11, $13, $14, $15 }' "$RAW"
+        echo "| round | server | workload | QPS | response codes | CPU µs/query | server CPU % | peak RSS MiB | CPU $SERVER_CPU busy % | CPU $LOAD_CPU busy % | other procs % |"
+        echo "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"
+        awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $17, $1, $2, $3, $7, $12, $11, $13, $14, $15, $16 }' "$RAW"
         echo
     fi
     echo "## Commands"

@@ -319,18 +319,12 @@ impl Handler {
                 return servfail(self);
             }
         };
-        // The raw answer is passed on as the upstream wrote it; hickory-proto checks that it is
-        // well-formed DNS before it is cached or served.
-        let scan = match (
-            wire::scan_response(&answer),
-            hickory_proto::op::Message::from_vec(&answer),
-        ) {
-            (Some(scan), Ok(_message)) => scan,
-            (_, parsed) => {
-                Metrics::inc(&self.metrics.upstream_malformed_total);
-                tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, error = ?parsed.err(), "malformed upstream answer; SERVFAIL");
-                return servfail(self);
-            }
+        // The raw answer is passed on as the upstream wrote it; the scan checks that every
+        // record is within bounds before it is cached or served.
+        let Some(scan) = wire::scan_response(&answer) else {
+            Metrics::inc(&self.metrics.upstream_malformed_total);
+            tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");
+            return servfail(self);
         };
         let limits = &self.cache.limits;
         match Entry::from_response(key, &answer, &scan, q.question_end, limits, now) {

@@ -158,11 +158,13 @@ async fn udp_exchange(
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
     socket.send(query).await?;
-    let mut buf = vec![0u8; 65535];
+    // Answers are bounded by the advertised payload; a larger datagram arrives cut, fails the
+    // checks below or the scan, and is never taken as complete. No zeroing of the buffer.
+    let mut buf = Vec::with_capacity(4096);
     loop {
-        let n = socket.recv(&mut buf).await?;
-        if is_answer_to(&buf[..n], id, question) {
-            buf.truncate(n);
+        buf.clear();
+        socket.recv_buf(&mut buf).await?;
+        if is_answer_to(&buf, id, question) {
             return Ok(buf);
         }
     }
