@@ -25,6 +25,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub special: SpecialConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// Where the file was read from; relative paths inside it are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -237,6 +238,14 @@ impl Default for SpecialConfig {
             application_dns_canary: true,
         }
     }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus text at `http://ADDR/metrics`, e.g. `"127.0.0.1:9153"`. Off when absent.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`

@@ -63,3 +63,36 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Serves the counters at `GET /metrics` (Prometheus text format) on `listener` until the task
+/// is aborted. Minimal HTTP/1.0: one request per connection, anything else gets 404. This stays
+/// small on purpose; once pinhole serves DoH it moves onto that HTTP stack.
+pub async fn serve_http(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let metrics = std::sync::Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut req))
+                    .await;
+            let Ok(Ok(n)) = read else { return };
+            let head = String::from_utf8_lossy(&req[..n]);
+            let (status, body) = if head.starts_with("GET /metrics ") {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "try GET /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}

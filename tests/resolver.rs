@@ -569,3 +569,27 @@ async fn binary_serves_kdig() {
     drop(daemon);
     let _ = upstream::SLOW_DELAY;
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_format() {
+    let up = Upstream::start().await;
+    let cfg = config_text("", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let p = pinhole::start(Setup::new(&cfg, &[up.addr], TEST_ZONES)).await;
+    query_udp(p.addr, "www.example.org.", RecordType::A, None).await;
+    let addr = p.server.metrics_addr().expect("metrics listener");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut body))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("pinhole_blocked_total 1\n"), "{body}");
+    assert!(
+        body.contains("# TYPE pinhole_upstream_timeouts_total counter"),
+        "{body}"
+    );
+}

@@ -39,6 +39,7 @@ pub struct Server {
     pub handler: Arc<Handler>,
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -64,6 +65,7 @@ impl Server {
             handler: Arc::clone(&handler),
             udp: Vec::new(),
             tcp: Vec::new(),
+            metrics_addr: None,
             tasks: JoinSet::new(),
         };
         for &addr in &config.server.listen {
@@ -91,7 +93,32 @@ impl Server {
             server.tcp.push(actual);
             tracing::info!(%actual, udp_sockets = sockets, "listening on UDP and TCP");
         }
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr,
+                    proto: "tcp (metrics)",
+                    source,
+                })?;
+            let actual = listener.local_addr().map_err(|source| ServeError::Bind {
+                addr,
+                proto: "tcp (metrics)",
+                source,
+            })?;
+            server.metrics_addr = Some(actual);
+            server.tasks.spawn(crate::metrics::serve_http(
+                listener,
+                Arc::clone(&handler.metrics),
+            ));
+            tracing::info!(%actual, "metrics at /metrics");
+        }
         Ok(server)
+    }
+
+    /// Where `/metrics` is served, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The addresses actually bound (with the port chosen for port 0).

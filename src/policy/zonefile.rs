@@ -130,14 +130,15 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
     };
     let mut zones = Vec::with_capacity(file.zone.len());
     for raw in file.zone {
-        let before = problems.len();
+        // This zone's problems, reported in file order.
+        let mut found = Vec::new();
         let name = raw.name.get_ref().trim().to_string();
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            problems.push(Diagnostic::at(
+            found.push(Diagnostic::at(
                 path,
                 text,
                 Some(raw.name.span()),
@@ -149,7 +150,7 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
         for p in &raw.ports {
             match parse_port(p.get_ref()) {
                 Some(rule) => ports.push(rule),
-                None => problems.push(Diagnostic::at(
+                None => found.push(Diagnostic::at(
                     path,
                     text,
                     Some(p.span()),
@@ -163,11 +164,14 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
             match parse_pattern(h.get_ref()) {
                 Ok(p) => patterns.push(p),
                 Err((what, fix)) => {
-                    problems.push(Diagnostic::at(path, text, Some(h.span()), what, fix))
+                    found.push(Diagnostic::at(path, text, Some(h.span()), what, fix))
                 }
             }
         }
-        if problems.len() == before {
+        let ok = found.is_empty();
+        found.sort_by_key(|d| (d.line, d.column));
+        problems.append(&mut found);
+        if ok {
             let (line, _) = crate::diag::line_col(text, raw.name.span().start);
             zones.push(ZoneDef {
                 name,
