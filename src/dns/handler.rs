@@ -187,6 +187,7 @@ impl Handler {
             && block != BlockAction::Forward
         {
             Metrics::inc(&m.blocked_total);
+            tracing::debug!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, action = block.as_str(), "blocked");
             let ede = (
                 wire::EDE_BLOCKED,
                 if by_zone {
@@ -326,6 +327,7 @@ impl Handler {
             tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");
             return servfail(self);
         };
+        tracing::debug!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, rcode = scan.rcode, answers = scan.answers, "upstream answer");
         let limits = &self.cache.limits;
         match Entry::from_response(key, &answer, &scan, q.question_end, limits, now) {
             Some(entry) => {

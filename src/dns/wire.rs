@@ -2,8 +2,9 @@
 //! response's records, and writing the few answers pinhole makes itself.
 //!
 //! Why hand-written: cache hits and block answers are served without building a `Message`
-//! (no allocation, no re-encoding); everything that needs real record parsing (upstream
-//! answers, HTTPS hints) goes through hickory-proto instead. This module owns byte layout only;
+//! (no allocation, no re-encoding), and upstream answers are passed on byte for byte after a
+//! bounds-checked walk over their records. Record data that needs real parsing (HTTPS/SVCB
+//! hints, in the allowlist work) is left to hickory-proto. This module owns byte layout only;
 //! it decides nothing.
 
 use thiserror::Error;
