@@ -4,6 +4,7 @@
 //! a returned server is ready to answer; dropping it stops every task.
 
 pub mod batch;
+pub mod chain;
 pub mod handler;
 pub mod special;
 pub mod tcp;
