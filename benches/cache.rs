@@ -41,7 +41,7 @@ fn handler() -> Handler {
         file: "bench".into(),
         line: 1,
     });
-    Handler::new(&config, b.build(), Arc::new(Metrics::default()))
+    Handler::new(&config, b.build(), None, Arc::new(Metrics::default()))
 }
 
 fn bench(c: &mut Criterion) {
@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
     let key = h.cache().key(&parsed);
     let entry = Entry::from_response(
         &key,
+        parsed.name(),
         &resp,
         &scan,
         parsed.question_end,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hashbrown::DefaultHashBuilder;
 use lru::LruCache;
 
+use crate::dns::chain::{self, Handout};
 use crate::dns::wire::{self, Query, ResponseScan};
 
 const SHARDS: usize = 16;
@@ -39,6 +40,8 @@ pub struct Entry {
     question_end: usize,
     stored: Instant,
     expires: Instant,
+    /// Addresses this answer hands out (A/AAAA on the CNAME chain, HTTPS/SVCB hints).
+    handouts: Box<[Handout]>,
 }
 
 impl Entry {
@@ -46,6 +49,7 @@ impl Entry {
     /// Returns `None` when the response is too short to be one.
     pub fn from_response(
         key: &CacheKey,
+        qname: &[u8],
         response: &[u8],
         scan: &ResponseScan,
         question_end: usize,
@@ -74,6 +78,11 @@ impl Entry {
         }
         wire[0] = 0;
         wire[1] = 0;
+        let handouts = if scan.rcode == wire::RCODE_NOERROR && scan.answers > 0 {
+            chain::handouts(&wire, qname)
+        } else {
+            Vec::new()
+        };
         Some(Entry {
             key: key.bytes().into(),
             wire: wire.into_boxed_slice(),
@@ -81,6 +90,7 @@ impl Entry {
             question_end,
             stored: now,
             expires: now + lifetime,
+            handouts: handouts.into_boxed_slice(),
         })
     }
 
@@ -97,6 +107,7 @@ impl Entry {
             question_end: q.question_end,
             stored: now,
             expires: now + ttl,
+            handouts: Box::new([]),
         }
     }
 
@@ -104,22 +115,33 @@ impl Entry {
         now < self.expires
     }
 
+    /// Whole seconds since the answer was stored: what its TTLs have counted down.
+    pub fn age(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.stored).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// The addresses this answer hands out, with their TTLs as stored.
+    pub fn handouts(&self) -> &[Handout] {
+        &self.handouts
+    }
+
     /// Writes this answer for `q` into `out`: the client's ID, RD bit and question case, and
-    /// every TTL reduced by the whole seconds the entry has been stored.
-    pub fn write_answer(&self, q: &Query<'_>, now: Instant, out: &mut Vec<u8>) {
+    /// every TTL reduced by the whole seconds the entry has been stored and capped at
+    /// `ttl_cap` (so that no client holds an address longer than its set element lives).
+    pub fn write_answer(&self, q: &Query<'_>, now: Instant, ttl_cap: u32, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(&self.wire);
         out[0..2].copy_from_slice(&q.id.to_be_bytes());
         out[2] = (out[2] & !0x01) | u8::from(q.rd);
         let qe = self.question_end.min(q.question_end).min(out.len());
         out[wire::HEADER_LEN..qe].copy_from_slice(&q.packet[wire::HEADER_LEN..qe]);
-        let age = now.saturating_duration_since(self.stored).as_secs();
-        let age = u32::try_from(age).unwrap_or(u32::MAX);
-        if age > 0 {
-            for &off in self.ttl_offsets.iter() {
-                let off = usize::from(off);
-                let ttl = u32::from_be_bytes([out[off], out[off + 1], out[off + 2], out[off + 3]]);
-                out[off..off + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        let age = self.age(now);
+        for &off in self.ttl_offsets.iter() {
+            let off = usize::from(off);
+            let ttl = u32::from_be_bytes([out[off], out[off + 1], out[off + 2], out[off + 3]]);
+            let served = ttl.saturating_sub(age).min(ttl_cap);
+            if served != ttl {
+                out[off..off + 4].copy_from_slice(&served.to_be_bytes());
             }
         }
     }

@@ -26,6 +26,7 @@ pub struct Config {
     pub special: SpecialConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub firewall: FirewallConfig,
     /// Where the file was read from; relative paths inside it are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -240,6 +241,72 @@ impl Default for SpecialConfig {
     }
 }
 
+/// How the firewall sets are owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallMode {
+    /// No set writes: pinhole is a filtering resolver only.
+    Off,
+    /// pinhole creates `table inet <table>` with its sets; `pinhole ruleset` prints the rules.
+    Managed,
+}
+
+/// What happens to an answer when its set write fails or misses the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// SERVFAIL (with an Extended DNS Error): the client never gets an address the firewall
+    /// would drop.
+    Closed,
+    /// Answer anyway; the fault is counted and logged.
+    Open,
+}
+
+/// What to do with `ipv4hint`/`ipv6hint` in HTTPS/SVCB answers for approved names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HintPolicy {
+    /// Open the hinted addresses like A/AAAA records.
+    Allow,
+}
+
+/// `[firewall]`: nftables sets that receive every address handed out for approved names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    pub mode: FirewallMode,
+    /// Managed mode: the name of `table inet <table>`.
+    pub table: String,
+    /// Seconds an element outlives the TTL handed to the client.
+    pub grace_s: u32,
+    /// Shortest element timeout (seconds), for short or zero TTLs.
+    pub timeout_floor_s: u32,
+    /// Longest element timeout (seconds); TTLs handed out are capped at ceiling - grace.
+    pub timeout_ceiling_s: u32,
+    /// How long an answer waits for its set write (milliseconds).
+    pub write_deadline_ms: u64,
+    pub on_failure: FailMode,
+    pub https_hints: HintPolicy,
+    /// Folder for the allowlist journal (restored after a restart); absent = no journal.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            mode: FirewallMode::Off,
+            table: "pinhole".to_string(),
+            grace_s: 60,
+            timeout_floor_s: 60,
+            timeout_ceiling_s: 86_400,
+            write_deadline_ms: 250,
+            on_failure: FailMode::Closed,
+            https_hints: HintPolicy::Allow,
+            state_dir: Some(PathBuf::from("/var/lib/pinhole")),
+        }
+    }
+}
+
 /// `[metrics]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +410,24 @@ impl Config {
             problems.push(whole(
                 "[upstream] attempt_timeout_ms is longer than timeout_ms: no second server would ever be tried",
                 "make attempt_timeout_ms at most timeout_ms",
+            ));
+        }
+        let fw = &self.firewall;
+        if fw.timeout_floor_s > fw.timeout_ceiling_s || fw.grace_s >= fw.timeout_ceiling_s {
+            problems.push(whole(
+                "[firewall] needs timeout_floor_s <= timeout_ceiling_s and grace_s < timeout_ceiling_s",
+                "remove them to get the defaults (floor 60, ceiling 86400, grace 60)",
+            ));
+        }
+        if fw.table.is_empty()
+            || !fw
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(whole(
+                "[firewall] table must be a simple nftables name",
+                "use letters, digits, '_' and '-', e.g. table = \"pinhole\"",
             ));
         }
         if let Some(enable) = &self.policy.enable {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod diag;
 pub mod dns;
 pub mod explain;
+pub mod firewall;
 pub mod metrics;
 pub mod policy;
 pub mod upstream;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use pinhole::config::Config;
+use pinhole::config::{Config, FirewallMode};
 use pinhole::dns::Server;
+use pinhole::firewall::Firewall;
 use pinhole::metrics::Metrics;
 use pinhole::policy::Policy;
 
@@ -32,6 +33,11 @@ enum Command {
     /// Validate the configuration and every zone file; print each problem with file, line,
     /// column and a fix. Exits non-zero if there is any.
     Check {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Print the nftables ruleset that uses pinhole's sets (managed mode), ready for `nft -f`.
+    Ruleset {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
@@ -81,6 +87,22 @@ fn main() -> ExitCode {
             print!("{}", pinhole::explain::explain(&c, &p, &name, &qtype));
         }),
         Command::Run { config } => run(&config),
+        Command::Ruleset { config } => load(&config).map(|(c, _)| {
+            let resolvers: Vec<std::net::IpAddr> = c
+                .server
+                .listen
+                .iter()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+                .collect();
+            print!(
+                "{}",
+                pinhole::firewall::ruleset::render(&pinhole::firewall::ruleset::RulesetSpec {
+                    table: &c.firewall.table,
+                    resolvers: &resolvers,
+                })
+            );
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,7 +138,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::default());
         let zones = policy.zones().len();
-        let server = Server::start(&config, policy, Arc::clone(&metrics)).await?;
+        let firewall = match config.firewall.mode {
+            FirewallMode::Off => None,
+            FirewallMode::Managed => Some(Arc::new(Firewall::start_managed(
+                &config.firewall,
+                config.firewall.state_dir.clone(),
+                Arc::clone(&metrics),
+            )?)),
+        };
+        let server = Server::start(&config, policy, firewall, Arc::clone(&metrics)).await?;
         tracing::info!(
             zones,
             upstreams = config.upstream.resolved.len(),

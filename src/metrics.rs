@@ -55,6 +55,13 @@ counters! {
     tcp_rejected_total: "TCP connections closed at once because the limit was reached.",
     tcp_idle_closed_total: "TCP connections closed after the idle timeout.",
     io_errors_total: "Socket send or receive errors on listeners.",
+    nft_batches_total: "nftables netlink batches sent.",
+    nft_elements_total: "Set elements written in those batches.",
+    nft_write_micros_total: "Microseconds spent sending batches and waiting for their acknowledgement.",
+    nft_errors_total: "nftables batches the kernel rejected.",
+    nft_repairs_total: "Times the table or sets were found removed and recreated.",
+    firewall_failures_total: "Answers whose set write failed or missed its deadline.",
+    journal_errors_total: "Journal writes that failed.",
 }
 
 impl Metrics {

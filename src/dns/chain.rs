@@ -100,9 +100,9 @@ pub fn handouts(answer: &[u8], qname: &[u8]) -> Vec<Handout> {
     for _ in 0..MAX_CHAIN {
         let mut grew = false;
         for r in records.iter().filter(|r| r.rtype == TYPE_CNAME) {
-            if reachable.iter().any(|n| *n == r.owner)
+            if reachable.contains(&r.owner)
                 && let Some((target, _)) = read_name(answer, r.rdata.0)
-                && !reachable.iter().any(|n| *n == target)
+                && !reachable.contains(&target)
             {
                 reachable.push(target);
                 grew = true;
@@ -113,7 +113,7 @@ pub fn handouts(answer: &[u8], qname: &[u8]) -> Vec<Handout> {
         }
     }
     for r in &records {
-        if !reachable.iter().any(|n| *n == r.owner) {
+        if !reachable.contains(&r.owner) {
             continue;
         }
         let data = &answer[r.rdata.0..r.rdata.1];

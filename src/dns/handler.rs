@@ -14,9 +14,10 @@ use ipnet::IpNet;
 use tokio::sync::oneshot;
 
 use crate::cache::{Cache, CacheKey, CacheLimits, Entry};
-use crate::config::{BlockAction, Config, SpecialConfig};
+use crate::config::{BlockAction, Config, FailMode, SpecialConfig};
 use crate::dns::special::{Special, SpecialReply};
 use crate::dns::wire::{self, Query, QueryError};
+use crate::firewall::{ElemKey, Firewall, Want};
 use crate::metrics::Metrics;
 use crate::policy::{Action, Policy};
 use crate::upstream::{Question, Upstreams};
@@ -51,6 +52,10 @@ struct Settings {
     servfail_ttl: Duration,
     /// RDATA of the SOA pinhole puts in its own negative answers.
     soa_rdata: Vec<u8>,
+    /// Largest TTL handed to a client.
+    ttl_cap: u32,
+    /// Answer even when the set write failed (counted and logged).
+    fail_open: bool,
 }
 
 /// Queries waiting for the same upstream answer; the first one asks, the others wait.
@@ -63,6 +68,10 @@ pub struct Handler {
     upstreams: Upstreams,
     inflight: Mutex<HashMap<Box<[u8]>, Waiters>>,
     settings: Settings,
+    /// Set writes for approved names; `None` when `[firewall] mode = "off"`.
+    firewall: Option<Arc<Firewall>>,
+    /// Zone names, shared into allowlist records.
+    zone_names: Vec<Arc<str>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -71,7 +80,22 @@ const EDE_TEXT_ZONE: &str = "pinhole: name is blocked by a zone";
 const EDE_TEXT_ACL: &str = "pinhole: client is not allowed to query";
 
 impl Handler {
-    pub fn new(config: &Config, policy: Policy, metrics: Arc<Metrics>) -> Handler {
+    pub fn new(
+        config: &Config,
+        policy: Policy,
+        firewall: Option<Arc<Firewall>>,
+        metrics: Arc<Metrics>,
+    ) -> Handler {
+        let zone_names = policy
+            .zones()
+            .iter()
+            .map(|z| Arc::from(z.name.as_str()))
+            .collect();
+        // No client may hold an address longer than its set element lives.
+        let ttl_cap = match &firewall {
+            Some(fw) => fw.lifetimes().ttl_cap().min(config.cache.max_ttl),
+            None => config.cache.max_ttl,
+        };
         let mut soa_rdata = Vec::new();
         wire::encode_name("pinhole.invalid", &mut soa_rdata);
         wire::encode_name("hostmaster.pinhole.invalid", &mut soa_rdata);
@@ -104,7 +128,11 @@ impl Handler {
                 special: config.special.clone(),
                 servfail_ttl: Duration::from_secs(u64::from(config.cache.servfail_ttl.max(1))),
                 soa_rdata,
+                ttl_cap,
+                fail_open: config.firewall.on_failure == FailMode::Open,
             },
+            firewall,
+            zone_names,
             metrics,
         }
     }
@@ -212,10 +240,18 @@ impl Handler {
             self.finish(&q, transport, out, None);
             return Step::Answered;
         }
-        // 6. The cache.
+        // 6. The cache. An approved answer leaves only when its addresses are in the sets;
+        //    if some element would expire too early, the slow path writes it first.
         let key = self.cache.key(&q);
-        if let Some(entry) = self.cache.get(&key, Instant::now()) {
+        let now = Instant::now();
+        if let Some(entry) = self.cache.get(&key, now) {
             Metrics::inc(&m.cache_hits_total);
+            if let Some(fw) = &self.firewall {
+                let wants = self.wants(&entry, verdict.and_then(|v| v.target), &q, now);
+                if !wants.is_empty() && !fw.missing(&wants).is_empty() {
+                    return Step::Upstream;
+                }
+            }
             self.serve_entry(&entry, &q, transport, out);
             return Step::Answered;
         }
@@ -236,6 +272,10 @@ impl Handler {
             return false;
         };
         let key = self.cache.key(&q);
+        // A cache hit whose set elements need refreshing comes here too.
+        if let Some(entry) = self.cache.get(&key, Instant::now()) {
+            return self.open_and_serve(&entry, &q, transport, out).await;
+        }
         let (tx, rx) = oneshot::channel();
         let lead = match self.inflight.lock() {
             Ok(mut map) => match map.get_mut(key.bytes()) {
@@ -259,12 +299,92 @@ impl Handler {
             tokio::spawn(async move { this.resolve_and_publish(owned).await });
         }
         match rx.await {
-            Ok(entry) => {
-                self.serve_entry(&entry, &q, transport, out);
-                true
-            }
+            Ok(entry) => self.open_and_serve(&entry, &q, transport, out).await,
             Err(_) => false,
         }
+    }
+
+    /// Writes the answer's addresses into the sets (if the name is approved and the firewall
+    /// is on), waits for the kernel, then serves. A failed write is SERVFAIL unless fail-open.
+    async fn open_and_serve(
+        &self,
+        entry: &Entry,
+        q: &Query<'_>,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if let Some(fw) = &self.firewall {
+            let target = if q.unmatchable {
+                None
+            } else {
+                self.policy.decide(q.name()).target
+            };
+            let now = Instant::now();
+            let mut wants = fw.missing(&self.wants(entry, target, q, now));
+            if !wants.is_empty() {
+                let name: Arc<str> = Arc::from(String::from_utf8_lossy(q.name()).as_ref());
+                for w in &mut wants {
+                    w.name = Arc::clone(&name);
+                }
+                if let Err(e) = fw.write(wants).await {
+                    crate::dns::udp::log_fault(
+                        &self.metrics.firewall_failures_total,
+                        "set write failed before an answer",
+                        &e,
+                    );
+                    if !self.settings.fail_open {
+                        self.synthesize(
+                            q,
+                            transport,
+                            wire::RCODE_SERVFAIL,
+                            out,
+                            Some((wire::EDE_OTHER, "pinhole: firewall set write failed")),
+                        );
+                        return true;
+                    }
+                }
+            }
+        }
+        self.serve_entry(entry, q, transport, out);
+        true
+    }
+
+    /// The set elements an answer needs: each address it hands out, on each port of each
+    /// approved zone that decided the name, for the TTL the client will be given plus grace.
+    /// Names are filled in only for elements that will be written.
+    fn wants(&self, entry: &Entry, target: Option<u32>, q: &Query<'_>, now: Instant) -> Vec<Want> {
+        let (Some(fw), Some(target)) = (&self.firewall, target) else {
+            return Vec::new();
+        };
+        if entry.handouts().is_empty() || self.policy.target_action(target) != Action::Allow {
+            return Vec::new();
+        }
+        let _ = q;
+        let age = entry.age(now);
+        let lifetimes = fw.lifetimes();
+        let mut wants = Vec::new();
+        for &zone in self.policy.target_zone_ids(target) {
+            let Some(def) = self.policy.zones().get(usize::from(zone)) else {
+                continue;
+            };
+            let zone_name = &self.zone_names[usize::from(zone)];
+            for h in entry.handouts() {
+                let ttl = h.ttl.saturating_sub(age).min(self.settings.ttl_cap);
+                for p in &def.ports {
+                    wants.push(Want {
+                        key: ElemKey {
+                            addr: h.addr,
+                            proto: p.proto,
+                            port: p.port,
+                        },
+                        timeout_ms: lifetimes.timeout_ms(ttl),
+                        zone: Arc::clone(zone_name),
+                        name: Arc::clone(zone_name),
+                    });
+                }
+            }
+        }
+        wants
     }
 
     /// Both steps for transports that await anyway (TCP, tests).
@@ -329,7 +449,7 @@ impl Handler {
         };
         tracing::debug!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, rcode = scan.rcode, answers = scan.answers, "upstream answer");
         let limits = &self.cache.limits;
-        match Entry::from_response(key, &answer, &scan, q.question_end, limits, now) {
+        match Entry::from_response(key, q.name(), &answer, &scan, q.question_end, limits, now) {
             Some(entry) => {
                 let entry = Arc::new(entry);
                 if entry.is_fresh(now) {
@@ -350,7 +470,7 @@ impl Handler {
     }
 
     fn serve_entry(&self, entry: &Entry, q: &Query<'_>, transport: Transport, out: &mut Vec<u8>) {
-        entry.write_answer(q, Instant::now(), out);
+        entry.write_answer(q, Instant::now(), self.settings.ttl_cap, out);
         self.finish(q, transport, out, None);
     }
 

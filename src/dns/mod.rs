@@ -50,9 +50,10 @@ impl Server {
     pub async fn start(
         config: &Config,
         policy: Policy,
+        firewall: Option<Arc<crate::firewall::Firewall>>,
         metrics: Arc<Metrics>,
     ) -> Result<Server, ServeError> {
-        let handler = Arc::new(Handler::new(config, policy, metrics));
+        let handler = Arc::new(Handler::new(config, policy, firewall, metrics));
         let sockets = match config.server.udp_sockets {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

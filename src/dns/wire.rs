@@ -28,6 +28,7 @@ pub const RCODE_NOTIMP: u8 = 4;
 pub const RCODE_REFUSED: u8 = 5;
 
 /// Extended DNS Error codes (RFC 8914) pinhole uses.
+pub const EDE_OTHER: u16 = 0;
 pub const EDE_BLOCKED: u16 = 15;
 pub const EDE_FILTERED: u16 = 17;
 pub const EDE_PROHIBITED: u16 = 18;

@@ -159,6 +159,21 @@ impl Policy {
             .filter_map(|&z| self.zones.get(usize::from(z)))
     }
 
+    /// The zone ids behind a verdict's target.
+    pub fn target_zone_ids(&self, target: u32) -> &[ZoneId] {
+        self.targets
+            .get(target as usize)
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    /// The action of a target (allow unless one of its zones blocks).
+    pub fn target_action(&self, target: u32) -> Action {
+        self.target_actions
+            .get(target as usize)
+            .copied()
+            .unwrap_or(Action::Allow)
+    }
+
     pub fn zones(&self) -> &[ZoneDef] {
         &self.zones
     }

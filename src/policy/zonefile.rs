@@ -51,14 +51,14 @@ impl ZoneAction {
 }
 
 /// Transport protocol of a port rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
 /// One `proto/port` a zone's addresses are opened on, e.g. `tcp/443`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRule {
     pub proto: Proto,
     pub port: u16,

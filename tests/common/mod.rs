@@ -1,3 +1,4 @@
 #![allow(dead_code)]
+pub mod netns;
 pub mod pinhole;
 pub mod upstream;

@@ -90,7 +90,7 @@ pub struct Running {
 pub async fn start(setup: Setup) -> Running {
     let (config, policy) = setup.load();
     let metrics = Arc::new(Metrics::default());
-    let server = Server::start(&config, policy, Arc::clone(&metrics))
+    let server = Server::start(&config, policy, None, Arc::clone(&metrics))
         .await
         .unwrap_or_else(|e| panic!("start: {e}"));
     let addr = server.udp_addrs()[0];
@@ -165,4 +165,33 @@ pub fn spawn_daemon(config: &Path) -> Daemon {
         child,
         addr: addr.parse().expect("address in log line"),
     }
+}
+
+/// pinhole in-process with its firewall writing into `ns` (managed mode).
+pub async fn start_with_firewall(
+    setup: Setup,
+    ns: &super::netns::NetNs,
+) -> (Running, Arc<pinhole::firewall::Firewall>) {
+    let (config, policy) = setup.load();
+    let metrics = Arc::new(Metrics::default());
+    let fw_cfg = config.firewall.clone();
+    let state = fw_cfg.state_dir.clone();
+    let m = Arc::clone(&metrics);
+    let fw = ns
+        .run(move || pinhole::firewall::Firewall::start_managed(&fw_cfg, state, m))
+        .unwrap_or_else(|e| panic!("firewall: {e}"));
+    let fw = Arc::new(fw);
+    let server = Server::start(&config, policy, Some(Arc::clone(&fw)), Arc::clone(&metrics))
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    let addr = server.udp_addrs()[0];
+    (
+        Running {
+            server,
+            addr,
+            metrics,
+            setup,
+        },
+        fw,
+    )
 }

@@ -551,6 +551,37 @@ impl Zones {
     }
 }
 
+/// `n<I>.many.example.test.` for I < 65536: A 198.18.(I/256).(I%256) and AAAA 2001:db8:1::I,
+/// TTL 300: many distinct names, each with its own addresses (firewall tests).
+pub fn many_addr(i: u16) -> (Ipv4Addr, Ipv6Addr) {
+    let [hi, lo] = i.to_be_bytes();
+    (
+        Ipv4Addr::new(198, 18, hi, lo),
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i),
+    )
+}
+
+fn many(qname: &LowerName, qtype: RecordType) -> Option<Resolution> {
+    let text = qname.to_string();
+    let i: u16 = text
+        .strip_suffix(".many.example.test.")?
+        .strip_prefix('n')?
+        .parse()
+        .ok()?;
+    let (v4, v6) = many_addr(i);
+    let name = Name::from(qname.clone());
+    let answers = match qtype {
+        RecordType::A => vec![Record::from_rdata(name, 300, RData::A(A(v4)))],
+        RecordType::AAAA => vec![Record::from_rdata(name, 300, RData::AAAA(AAAA(v6)))],
+        _ => Vec::new(),
+    };
+    Some(Resolution::answer(
+        ResponseCode::NoError,
+        answers,
+        Vec::new(),
+    ))
+}
+
 struct Resolution {
     rcode: ResponseCode,
     authoritative: bool,
@@ -614,6 +645,8 @@ impl Handler {
                     Resolution::rcode(ResponseCode::ServFail)
                 } else if key == "refused.example.test." {
                     Resolution::rcode(ResponseCode::Refused)
+                } else if let Some(r) = many(&qname, qtype) {
+                    r
                 } else {
                     if key == "slow.example.test." {
                         tokio::time::sleep(SLOW_DELAY).await;

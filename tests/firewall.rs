@@ -1,0 +1,245 @@
+//! Allowlist enforcement with the real kernel: every address pinhole hands out for an approved
+//! name is in the nftables set of a test's own network namespace before the answer arrives.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ::pinhole::firewall::nft::{Family, ListedKey, Nft};
+use common::netns::NetNs;
+use common::pinhole::{self, Setup, config_text};
+use common::upstream::{Upstream, many_addr, query_tcp, query_udp};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+
+const ZONES: &str = r#"
+[[zone]]
+name = "test"
+action = "allow"
+ports = ["tcp/443", "udp/443"]
+hosts = ["*.example.test"]
+
+[[zone]]
+name = "fwd"
+action = "forward"
+hosts = ["fwd.example.test"]
+"#;
+
+fn fw_config(state: &std::path::Path, extra: &str) -> String {
+    config_text(
+        "",
+        &format!(
+            "[firewall]\nmode = \"managed\"\ntable = \"pinhole\"\ngrace_s = 30\ntimeout_floor_s = 40\nstate_dir = \"{}\"\nwrite_deadline_ms = 2000\n{extra}\n",
+            state.display()
+        ),
+    )
+}
+
+/// (addr, proto, port) → (timeout, expires) of every element of allow4 and allow6.
+fn elements(ns: &NetNs) -> HashMap<(IpAddr, u8, u16), (Option<Duration>, Option<Duration>)> {
+    ns.run(|| {
+        let mut nft = Nft::open().expect("netlink");
+        let mut all = HashMap::new();
+        for set in ["allow4", "allow6"] {
+            for e in nft
+                .list_elements(Family::Inet, "pinhole", set)
+                .expect("list")
+            {
+                if let ListedKey::Port { addr, proto, port } = e.key {
+                    all.insert((addr, proto, port), (e.timeout, e.expires));
+                }
+            }
+        }
+        all
+    })
+}
+
+fn answer_addrs(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let setup = Setup::new(&fw_config(state.path(), ""), &[up.addr], ZONES);
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    // One netlink socket in the namespace for the checking clients.
+    let checker = std::sync::Arc::new(std::sync::Mutex::new(
+        ns.run(|| Nft::open().expect("netlink")),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..1000u16 {
+        let (addr, checker) = (p.addr, std::sync::Arc::clone(&checker));
+        tasks.push(tokio::spawn(async move {
+            let name = format!("n{i}.many.example.test.");
+            let m = if i % 2 == 0 {
+                query_udp(addr, &name, RecordType::A, None).await
+            } else {
+                query_tcp(addr, &name, RecordType::AAAA, None).await
+            };
+            // Right away, before anything else: is the address in the set?
+            let listed = tokio::task::spawn_blocking(move || {
+                let mut nft = checker.lock().expect("lock");
+                let set = if i % 2 == 0 { "allow4" } else { "allow6" };
+                nft.list_elements(Family::Inet, "pinhole", set)
+                    .expect("list")
+            })
+            .await
+            .expect("check");
+            let got = answer_addrs(&m);
+            let (v4, v6) = many_addr(i);
+            let want = if i % 2 == 0 {
+                IpAddr::V4(v4)
+            } else {
+                IpAddr::V6(v6)
+            };
+            assert_eq!(got, [want], "{name}");
+            for port in [443u16] {
+                for proto in [6u8, 17] {
+                    let present = listed.iter().any(|e| {
+                        e.key
+                            == ListedKey::Port {
+                                addr: want,
+                                proto,
+                                port,
+                            }
+                    });
+                    assert!(
+                        present,
+                        "{want} {proto}/{port} missing from the set when {name} was answered"
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let all = elements(&ns);
+    assert_eq!(all.len(), 2000, "one element per address and port");
+    let batches = pinhole::metric(&p.metrics, "nft_batches_total");
+    assert!(
+        batches < 1000,
+        "writes were batched: {batches} batches for 2000 elements"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_are_ttl_plus_grace_and_chains_and_ipv6_are_opened() {
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let setup = Setup::new(&fw_config(state.path(), ""), &[up.addr], ZONES);
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    // www.example.test → www.cdn.test → e1.edge.test A 192.0.2.10, .11 (TTL 60): 60 + 30 grace.
+    let m = query_udp(p.addr, "www.example.test.", RecordType::A, None).await;
+    assert_eq!(m.answers.len(), 4);
+    let m6 = query_udp(p.addr, "www.example.test.", RecordType::AAAA, None).await;
+    assert_eq!(m6.answers.len(), 3);
+    // a.example.test A 192.0.2.1 TTL 3600: 3630 s.
+    query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    // short.example.test TTL 2: the floor (40 s) applies.
+    query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    // HTTPS hints are opened too.
+    query_udp(p.addr, "https.example.test.", RecordType::HTTPS, None).await;
+    let all = elements(&ns);
+    let check = |addr: &str, secs: u64| {
+        let ip: IpAddr = addr.parse().expect("ip");
+        for proto in [6u8, 17] {
+            let (timeout, expires) = all
+                .get(&(ip, proto, 443))
+                .unwrap_or_else(|| panic!("{addr} proto {proto} missing: {all:?}"));
+            let t = timeout.expect("timeout");
+            assert!(
+                t.as_secs_f64() > secs as f64 - 1.0 && t.as_secs_f64() <= secs as f64 + 0.01,
+                "{addr}: timeout {t:?}, want {secs} s"
+            );
+            let e = expires.expect("expires");
+            assert!(e.as_secs_f64() > secs as f64 - 2.0, "{addr}: expires {e:?}");
+        }
+    };
+    check("192.0.2.10", 90);
+    check("192.0.2.11", 90);
+    check("2001:db8::10", 90);
+    check("192.0.2.1", 3630);
+    check("192.0.2.2", 40);
+    check("192.0.2.50", 330);
+    check("2001:db8::50", 330);
+    assert!(!all.keys().any(|k| k.2 != 443), "only the zone's ports");
+    // A forward-only zone and blocked names open nothing.
+    query_udp(p.addr, "fwd.example.test.", RecordType::A, None).await;
+    let m = query_udp(p.addr, "www.example.org.", RecordType::A, None).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(elements(&ns).len(), all.len());
+}
+
+#[tokio::test]
+async fn ttls_are_capped_below_the_element_lifetime() {
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let setup = Setup::new(
+        &fw_config(state.path(), "timeout_ceiling_s = 600"),
+        &[up.addr],
+        ZONES,
+    );
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    let m = query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    assert_eq!(m.answers[0].ttl, 570, "TTL capped at ceiling - grace");
+    let all = elements(&ns);
+    let (t, _) = all[&("192.0.2.1".parse().expect("ip"), 6, 443)];
+    assert_eq!(t.map(|t| t.as_secs()), Some(600));
+}
+
+#[tokio::test]
+async fn restart_restores_and_flush_is_repaired() {
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    {
+        let setup = Setup::new(&fw_config(state.path(), ""), &[up.addr], ZONES);
+        let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+        query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+        // Flush the whole ruleset, as a firewall reload does: repaired within a second.
+        ns.exec("nft", &["flush", "ruleset"]);
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        loop {
+            let listed = ns.run(|| {
+                Nft::open()
+                    .expect("nl")
+                    .list_elements(Family::Inet, "pinhole", "allow4")
+            });
+            if listed.as_ref().is_ok_and(|l| l.len() == 2) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not repaired within a second: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(pinhole::metric(&p.metrics, "nft_repairs_total") >= 1);
+    }
+    // A new pinhole (a restart, or a reboot that emptied the kernel) restores from the journal.
+    ns.exec("nft", &["delete", "table", "inet", "pinhole"]);
+    let setup = Setup::new(&fw_config(state.path(), ""), &[up.addr], ZONES);
+    let (_p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    let all = elements(&ns);
+    let (t, e) = all[&("192.0.2.1".parse().expect("ip"), 6, 443)];
+    assert!(t.is_some());
+    assert!(
+        e.expect("expires").as_secs() > 3600,
+        "the time left is restored, not reset to zero"
+    );
+}
