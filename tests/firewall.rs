@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ::pinhole::firewall::nft::{Family, ListedKey, Nft};
 use common::netns::NetNs;
-use common::pinhole::{self, Setup, config_text};
-use common::upstream::{Upstream, many_addr, query_tcp, query_udp};
+use common::pinhole::{self, Setup};
+use common::upstream::{Upstream, build_query, exchange_tcp, exchange_udp, many_addr, query_udp};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
@@ -28,17 +28,21 @@ hosts = ["fwd.example.test"]
 "#;
 
 fn fw_config(state: &std::path::Path, extra: &str) -> String {
-    config_text(
-        "",
-        &format!(
-            "[firewall]\nmode = \"managed\"\ntable = \"pinhole\"\ngrace_s = 30\ntimeout_floor_s = 40\nstate_dir = \"{}\"\nwrite_deadline_ms = 2000\n{extra}\n",
-            state.display()
-        ),
+    // Generous upstream timeouts: the in-process test upstream shares the test's runtime and
+    // answers 1,000 concurrent queries slowly in a debug build.
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\
+         [upstream]\nservers = [{{upstreams}}]\ntimeout_ms = 9000\nattempt_timeout_ms = 1500\n\
+         [firewall]\nmode = \"managed\"\ntable = \"pinhole\"\ngrace_s = 30\ntimeout_floor_s = 40\n\
+         state_dir = \"{}\"\nwrite_deadline_ms = 2000\n{extra}\n",
+        state.display()
     )
 }
 
 /// (addr, proto, port) → (timeout, expires) of every element of allow4 and allow6.
-fn elements(ns: &NetNs) -> HashMap<(IpAddr, u8, u16), (Option<Duration>, Option<Duration>)> {
+type Listed = HashMap<(IpAddr, u8, u16), (Option<Duration>, Option<Duration>)>;
+
+fn elements(ns: &NetNs) -> Listed {
     ns.run(|| {
         let mut nft = Nft::open().expect("netlink");
         let mut all = HashMap::new();
@@ -83,11 +87,18 @@ async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
         let (addr, checker) = (p.addr, std::sync::Arc::clone(&checker));
         tasks.push(tokio::spawn(async move {
             let name = format!("n{i}.many.example.test.");
-            let m = if i % 2 == 0 {
-                query_udp(addr, &name, RecordType::A, None).await
+            let (rtype, wait) = if i % 2 == 0 {
+                (RecordType::A, 12)
             } else {
-                query_tcp(addr, &name, RecordType::AAAA, None).await
+                (RecordType::AAAA, 12)
             };
+            let q = build_query(&name, rtype, None);
+            let m = if i % 2 == 0 {
+                exchange_udp(addr, &q, Duration::from_secs(wait)).await
+            } else {
+                exchange_tcp(addr, &q, Duration::from_secs(wait)).await
+            }
+            .unwrap_or_else(|| panic!("no answer for {name}"));
             // Right away, before anything else: is the address in the set?
             let listed = tokio::task::spawn_blocking(move || {
                 let mut nft = checker.lock().expect("lock");
@@ -104,7 +115,7 @@ async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
             } else {
                 IpAddr::V6(v6)
             };
-            assert_eq!(got, [want], "{name}");
+            assert_eq!(got, [want], "{name}: {:?}", m.metadata.response_code);
             for port in [443u16] {
                 for proto in [6u8, 17] {
                     let present = listed.iter().any(|e| {
@@ -123,9 +134,18 @@ async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
             }
         }));
     }
+    let mut failed = 0;
     for t in tasks {
-        t.await.expect("client");
+        if t.await.is_err() {
+            failed += 1;
+        }
     }
+    assert_eq!(
+        failed,
+        0,
+        "clients failed; metrics: {:?}",
+        p.metrics.snapshot()
+    );
     let all = elements(&ns);
     assert_eq!(all.len(), 2000, "one element per address and port");
     let batches = pinhole::metric(&p.metrics, "nft_batches_total");

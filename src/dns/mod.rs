@@ -76,14 +76,25 @@ impl Server {
                 proto,
                 source,
             };
-            // The first UDP socket fixes the port (for port 0); the others share it.
-            let first = udp::bind_reuseport(addr).map_err(|e| bind_err("udp", e))?;
-            let actual = first.local_addr().map_err(|e| bind_err("udp", e))?;
-            let mut std_sockets = vec![first];
-            for _ in 1..sockets {
-                std_sockets.push(udp::bind_reuseport(actual).map_err(|e| bind_err("udp", e))?);
-            }
-            let tcp_listener = bind_tcp(actual).map_err(|e| bind_err("tcp", e))?;
+            // The first UDP socket fixes the port (for port 0); the others share it. With port 0
+            // the TCP port of the same number may be taken: pick another port then.
+            let mut attempt = 0;
+            let (std_sockets, tcp_listener, actual) = loop {
+                attempt += 1;
+                let first = udp::bind_reuseport(addr).map_err(|e| bind_err("udp", e))?;
+                let actual = first.local_addr().map_err(|e| bind_err("udp", e))?;
+                let mut std_sockets = vec![first];
+                for _ in 1..sockets {
+                    std_sockets.push(udp::bind_reuseport(actual).map_err(|e| bind_err("udp", e))?);
+                }
+                match bind_tcp(actual) {
+                    Ok(l) => break (std_sockets, l, actual),
+                    Err(e) if addr.port() == 0 && attempt < 20 => {
+                        tracing::debug!(%actual, error = %e, "TCP port taken; choosing another");
+                    }
+                    Err(e) => return Err(bind_err("tcp", e)),
+                }
+            };
             for s in std_sockets {
                 let s = tokio::net::UdpSocket::from_std(s).map_err(|e| bind_err("udp", e))?;
                 server.tasks.spawn(udp::serve(s, Arc::clone(&handler)));

@@ -595,7 +595,7 @@ impl MsgBuf {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -826,7 +826,10 @@ fn name(v: &[u8]) -> String {
 }
 
 /// `(family, attributes)` of an nf_tables message payload.
-fn nft_payload(p: &[u8]) -> Result<(u8, Vec<(u16, &[u8])>)> {
+/// Attributes of a message: (type, payload) pairs.
+type Attrs<'a> = Vec<(u16, &'a [u8])>;
+
+fn nft_payload(p: &[u8]) -> Result<(u8, Attrs<'_>)> {
     if p.len() < 4 {
         return Err(proto_err("short nfgenmsg"));
     }
@@ -1189,7 +1192,7 @@ impl Nft {
             b.buf.attr_u32(sys::NFTA_SET_KEY_TYPE, s.key.type_id())?;
             b.buf.attr_u32(sys::NFTA_SET_KEY_LEN, s.key.key_len())?;
             b.buf.attr_u32(sys::NFTA_SET_ID, i as u32 + 1)?;
-            if s.key.is_concat() {
+            if s.key.is_concat() && s.flags.contains(SetFlags::INTERVAL) {
                 // Field lengths; required by the pipapo backend (interval +
                 // concat), harmless for hash sets.
                 let d = b.buf.nest_start(sys::NFTA_SET_DESC);

@@ -77,7 +77,8 @@ impl Upstreams {
         v
     }
 
-    /// Asks the servers until one gives a usable answer. SERVFAIL and REFUSED make pinhole try
+    /// Asks the servers until one gives a usable answer, each at most `attempt_timeout`, going
+    /// round the list up to three times within `timeout`. SERVFAIL and REFUSED make pinhole try
     /// the next server; if every server says so, the last such answer is returned as it is.
     pub async fn exchange(
         &self,
@@ -87,7 +88,12 @@ impl Upstreams {
         let deadline = Instant::now() + self.timeout;
         let mut last_answer = None;
         let mut last_error = None;
-        for server in self.order() {
+        // Servers in order of health, again from the top while time is left: with one server, a
+        // lost datagram costs one attempt, not the whole query.
+        let order = self.order();
+        let attempts = order.iter().cycle().take(order.len() * 3);
+        let mut refusals = 0;
+        for server in attempts {
             let attempt_deadline = (Instant::now() + self.attempt_timeout).min(deadline);
             match timeout_at(attempt_deadline, exchange_one(server.addr, q)).await {
                 Ok(Ok(answer)) => {
@@ -95,6 +101,10 @@ impl Upstreams {
                     let rcode = answer.get(3).map_or(0, |b| b & 0x0f);
                     if rcode == wire::RCODE_SERVFAIL || rcode == wire::RCODE_REFUSED {
                         last_answer = Some(answer);
+                        refusals += 1;
+                        if refusals >= order.len() {
+                            break;
+                        }
                         continue;
                     }
                     return Ok(answer);
