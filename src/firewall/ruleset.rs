@@ -17,8 +17,8 @@ pub struct RulesetSpec<'a> {
 pub const SET4: &str = "allow4";
 pub const SET6: &str = "allow6";
 
-/// Renders the ruleset. The sets are declared exactly as pinhole creates them. Loading it
-/// replaces the table (and empties the sets): pinhole notices and writes its live elements again.
+/// Renders the ruleset. The sets are declared exactly as pinhole creates them, and loading the
+/// file again (after an edit) replaces the rules but keeps the elements pinhole wrote.
 pub fn render(spec: &RulesetSpec<'_>) -> String {
     let t = spec.table;
     let mut r = String::new();
@@ -35,8 +35,8 @@ pub fn render(spec: &RulesetSpec<'_>) -> String {
         r,
         "# on their zones' ports, while their elements live. DNS goes only to pinhole."
     );
-    let _ = writeln!(r, "table inet {t}");
-    let _ = writeln!(r, "delete table inet {t}");
+    // Declare (no-op if present), then flush and refill only the chain and the resolver sets:
+    // reloading this file keeps every element pinhole has written.
     let _ = writeln!(r, "table inet {t} {{");
     let _ = writeln!(
         r,
@@ -46,21 +46,25 @@ pub fn render(spec: &RulesetSpec<'_>) -> String {
         r,
         "  set {SET6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}"
     );
-    let v4: Vec<String> = spec
-        .resolvers
-        .iter()
-        .filter(|a| a.is_ipv4())
-        .map(|a| a.to_string())
-        .collect();
-    let v6: Vec<String> = spec
-        .resolvers
-        .iter()
-        .filter(|a| a.is_ipv6())
-        .map(|a| a.to_string())
-        .collect();
-    let _ = writeln!(r, "  set resolvers4 {{ type ipv4_addr; {}}}", elements(&v4));
-    let _ = writeln!(r, "  set resolvers6 {{ type ipv6_addr; {}}}", elements(&v6));
-    let _ = writeln!(r);
+    let _ = writeln!(r, "  set resolvers4 {{ type ipv4_addr; }}");
+    let _ = writeln!(r, "  set resolvers6 {{ type ipv6_addr; }}");
+    let _ = writeln!(
+        r,
+        "  chain forward {{ type filter hook forward priority filter; policy drop; }}"
+    );
+    let _ = writeln!(r, "}}");
+    let _ = writeln!(r, "flush chain inet {t} forward");
+    let _ = writeln!(r, "flush set inet {t} resolvers4");
+    let _ = writeln!(r, "flush set inet {t} resolvers6");
+    for a in spec.resolvers {
+        let set = if a.is_ipv4() {
+            "resolvers4"
+        } else {
+            "resolvers6"
+        };
+        let _ = writeln!(r, "add element inet {t} {set} {{ {a} }}");
+    }
+    let _ = writeln!(r, "table inet {t} {{");
     // The forward chain decides what clients behind the gateway may reach. The gateway's own
     // input and output are left to the administrator's ruleset.
     let _ = writeln!(r, "  chain forward {{");
@@ -96,12 +100,4 @@ pub fn render(spec: &RulesetSpec<'_>) -> String {
     let _ = writeln!(r, "  }}");
     let _ = writeln!(r, "}}");
     r
-}
-
-fn elements(list: &[String]) -> String {
-    if list.is_empty() {
-        String::new()
-    } else {
-        format!("elements = {{ {} }}; ", list.join(", "))
-    }
 }

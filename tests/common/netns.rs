@@ -55,18 +55,34 @@ impl NetNs {
     /// included) stay in the namespace wherever they are used later; threads spawned there
     /// start in it.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let file = File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                enter(&self.name);
                 f()
             })
             .join()
             .expect("netns thread")
         })
+    }
+}
+
+/// Moves the calling thread into namespace `name`; threads it spawns start there too.
+pub fn enter(name: &str) {
+    let file = File::open(format!("/var/run/netns/{name}")).expect("open netns");
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl NetNs {
+    /// `ip -n NAME ARGS` without asserting (for commands that may fail by design).
+    pub fn ip_ok(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 
@@ -76,4 +92,37 @@ impl Drop for NetNs {
             .args(["netns", "delete", &self.name])
             .status();
     }
+}
+
+/// A namespace owned elsewhere (not deleted on drop), for code that only needs to enter it.
+pub struct Borrowed(pub String);
+
+/// Something that names a namespace.
+pub trait Named {
+    fn ns_name(&self) -> &str;
+}
+
+impl Named for NetNs {
+    fn ns_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for Borrowed {
+    fn ns_name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Runs `f` on a thread inside the named namespace.
+pub fn run_in<T: Send>(ns: &impl Named, f: impl FnOnce() -> T + Send) -> T {
+    let name = ns.ns_name();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(name);
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
 }

@@ -172,14 +172,23 @@ pub async fn start_with_firewall(
     setup: Setup,
     ns: &super::netns::NetNs,
 ) -> (Running, Arc<pinhole::firewall::Firewall>) {
+    start_with_firewall_in(setup, ns).await
+}
+
+/// Same, for any named namespace.
+pub async fn start_with_firewall_in(
+    setup: Setup,
+    ns: &impl super::netns::Named,
+) -> (Running, Arc<pinhole::firewall::Firewall>) {
     let (config, policy) = setup.load();
     let metrics = Arc::new(Metrics::default());
     let fw_cfg = config.firewall.clone();
     let state = fw_cfg.state_dir.clone();
     let m = Arc::clone(&metrics);
-    let fw = ns
-        .run(move || pinhole::firewall::Firewall::start_managed(&fw_cfg, state, m))
-        .unwrap_or_else(|e| panic!("firewall: {e}"));
+    let fw = super::netns::run_in(ns, move || {
+        pinhole::firewall::Firewall::start_managed(&fw_cfg, state, m)
+    })
+    .unwrap_or_else(|e| panic!("firewall: {e}"));
     let fw = Arc::new(fw);
     let server = Server::start(&config, policy, Some(Arc::clone(&fw)), Arc::clone(&metrics))
         .await
