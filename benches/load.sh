@@ -7,14 +7,24 @@
 # All figures come from one run of this script, so the ratios compare like
 # with like on the same machine, kernel and moment.
 #
+# Workload miss-fw is the miss workload with pinhole's set writes on
+# ([firewall] mode = "managed": every answered address goes into the nftables
+# set inet pinhole allow4 before the answer leaves). So that nothing ever
+# touches the host's ruleset, everything of a miss-fw run (knotd, the server
+# under test, dnsperf, kdig, nft, curl) runs inside a network namespace this
+# script creates (pinhole-bench-<pid>) and deletes on exit; unbound and dnsmasq
+# run their miss-fw runs in it too (they write no sets), for like-for-like
+# figures. After pinhole's miss-fw run the script counts the set's elements and
+# reads pinhole's /metrics (nft write latency and batch size histograms).
+#
 # Usage:
 #   benches/load.sh [--duration S] [--servers "pinhole unbound dnsmasq"]
-#                   [--workloads "cached miss blocked"] [--clients N] [--rounds N] [-h]
+#                   [--workloads "cached miss blocked miss-fw"] [--clients N] [--rounds N] [-h]
 #
 # Environment (flags win over environment):
 #   DURATION=10            seconds of load per (server, workload)
 #   SERVERS="pinhole unbound dnsmasq"   any subset, in any order
-#   WORKLOADS="cached miss blocked"     any subset, in any order
+#   WORKLOADS="cached miss blocked miss-fw"   any subset, in any order
 #   CLIENTS=4              dnsperf -c (UDP sockets)
 #   OUTSTANDING=100        dnsperf -q (queries in flight at most)
 #   MAX_QPS=               dnsperf -Q (empty: unlimited)
@@ -30,9 +40,11 @@
 #   ROUNDS=1               repeat the whole matrix N times, interleaved; the
 #                          table shows per-column medians, raw rounds follow
 #
-# Traffic goes only to 127.0.0.1 (ports 5300 and 5310). Every dnsperf run is
-# bounded by -l DURATION (and an outer `timeout`), every wait loop is bounded,
-# and all processes started here are stopped on exit (trap EXIT).
+# Traffic goes only to 127.0.0.1 (ports 5300 and 5310; miss-fw: also 9153 for
+# pinhole's /metrics), on the host's loopback or on the loopback of the
+# namespace. Every dnsperf run is bounded by -l DURATION (and an outer
+# `timeout`), every wait loop is bounded, and all processes started here are
+# stopped on exit (trap EXIT), after which the namespace is deleted.
 
 # shellcheck disable=SC2015  # `check && check || die` is intended
 set -euo pipefail
@@ -57,7 +69,7 @@ done
 
 DURATION=${DURATION:-10}
 SERVERS=${SERVERS:-"pinhole unbound dnsmasq"}
-WORKLOADS=${WORKLOADS:-"cached miss blocked"}
+WORKLOADS=${WORKLOADS:-"cached miss blocked miss-fw"}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-100}
 MAX_QPS=${MAX_QPS:-}
@@ -79,6 +91,8 @@ UP_PORT=5300
 PORT=5310
 CACHE_ENTRIES=500000      # pinhole max_entries and dnsmasq --cache-size
 CACHED_ADDR=192.0.2.1     # answer data only (TEST-NET-1), never contacted
+METRICS_PORT=9153         # pinhole's /metrics in the miss-fw namespace
+FW_TABLE=pinhole          # miss-fw: pinhole's managed table (inside the namespace only)
 
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -99,11 +113,16 @@ for s in $SERVERS; do
     case $s in pinhole|unbound|dnsmasq) ;; *) die "unknown server '$s' (pinhole unbound dnsmasq)" ;; esac
 done
 for w in $WORKLOADS; do
-    case $w in cached|miss|blocked) ;; *) die "unknown workload '$w' (cached miss blocked)" ;; esac
+    case $w in cached|miss|blocked|miss-fw) ;; *) die "unknown workload '$w' (cached miss blocked miss-fw)" ;; esac
 done
 [ -n "${SERVERS// /}" ] || die "SERVERS is empty"
 [ -n "${WORKLOADS// /}" ] || die "WORKLOADS is empty"
 has_server() { [[ " $SERVERS " == *" $1 "* ]]; }
+has_workload() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+# miss-fw runs in a network namespace; every other workload on the host's loopback.
+NEED_NS=0; NEED_HOST=0
+for w in $WORKLOADS; do if [ "$w" = miss-fw ]; then NEED_NS=1; else NEED_HOST=1; fi; done
+if [ "$NEED_NS" = 1 ] && [ "$(id -u)" != 0 ]; then die "workload miss-fw needs root (network namespace, nftables)"; fi
 
 NCPU=$(nproc --all 2>/dev/null || getconf _NPROCESSORS_ONLN)
 if [ "$SERVER_CPU" -ge "$NCPU" ] || [ "$LOAD_CPU" -ge "$NCPU" ]; then
@@ -118,6 +137,12 @@ install_missing() {
     command -v knotd >/dev/null || pkgs+=(knot)
     command -v kdig >/dev/null || pkgs+=(knot-dnsutils)
     command -v taskset >/dev/null || pkgs+=(util-linux)
+    if [ "$NEED_NS" = 1 ]; then
+        command -v ip >/dev/null || pkgs+=(iproute2)
+        command -v nft >/dev/null || pkgs+=(nftables)
+        command -v curl >/dev/null || pkgs+=(curl)
+        command -v python3 >/dev/null || pkgs+=(python3)
+    fi
     if has_server unbound; then command -v unbound >/dev/null || pkgs+=(unbound); fi
     # dnsmasq-base is the binary without the system service (which would try
     # to take port 53); it is what the `dnsmasq` package depends on.
@@ -134,6 +159,9 @@ install_missing
 # --------------------------------------------------------- process handling
 TMP=$(mktemp -d /tmp/pinhole-load.XXXXXX)
 PIDS=()
+NS=pinhole-bench-$$    # the miss-fw network namespace (created below only if needed)
+NS_MADE=0
+NSX=                   # "ip netns exec $NS" while a miss-fw run is set up or measured
 stop_pid() {
     local pid=$1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
@@ -154,6 +182,9 @@ cleanup() {
     local rc=$? p
     trap - EXIT INT TERM
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$p"; done
+    # Only after every process in it has stopped; this also frees pinhole's table
+    # in there. The host's own ruleset is never touched.
+    if [ "$NS_MADE" = 1 ]; then ip netns del "$NS" 2>/dev/null || log "could not delete network namespace $NS"; fi
     if [ "$KEEP_TMP" = 1 ] || [ $rc -ne 0 ]; then
         log "work dir kept: $TMP"
     else
@@ -165,6 +196,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [ "$NEED_NS" = 1 ]; then
+    ip netns add "$NS" || die "ip netns add $NS failed"
+    NS_MADE=1
+    ip -n "$NS" link set lo up || die "could not bring up lo in $NS"
+    log "network namespace $NS for miss-fw (deleted on exit)"
+fi
+
 port_busy() {
     command -v ss >/dev/null || return 1
     [ -n "$(ss -Hlnu "sport = :$1" 2>/dev/null)$(ss -Hlnt "sport = :$1" 2>/dev/null)" ]
@@ -173,7 +211,8 @@ port_busy() {
 # kdig_q PORT NAME -> prints "RCODE ADDR..." ; bounded to ~1 s.
 kdig_q() {
     local out rcode addrs
-    out=$(kdig @"$ADDR" -p "$1" +retry=0 +time=1 +noall +answer +header "$2" A 2>/dev/null) || return 1
+    # shellcheck disable=SC2086  # $NSX is empty or "ip netns exec NS"
+    out=$($NSX kdig @"$ADDR" -p "$1" +retry=0 +time=1 +noall +answer +header "$2" A 2>/dev/null) || return 1
     rcode=$(sed -n 's/.*status: \([A-Z]*\).*/\1/p' <<<"$out" | head -1)
     addrs=$(awk '$4 == "A" { print $5 }' <<<"$out" | tr '\n' ' ')
     [ -n "$rcode" ] || return 1
@@ -205,14 +244,14 @@ cpu_jiffies() {  # "busy total" jiffies of one CPU from /proc/stat (busy = all b
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9 && i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 # "A B": user+nice+system jiffies of all CPUs (A), and the CPU ticks of our own
-# helpers (B): knotd, ksoftirqd/N, and every child this script has reaped
+# helpers (B): knotd (both, with miss-fw), ksoftirqd/N, and every child this script has reaped
 # (dnsperf via timeout, kdig, awk...). A - B - server ticks over a run is CPU
 # used by processes that are not part of the benchmark.
 acct_snapshot() {
     local st ch k=0 p t
     st=$(cat "/proc/$$/stat"); st=${st##*) }
     ch=$(awk '{ print $14 + $15 }' <<<"$st")   # cutime + cstime
-    for p in "$KNOT_PID" $(pgrep '^ksoftirqd/' || true); do
+    for p in "${KNOT_PIDS[@]}" $(pgrep '^ksoftirqd/' || true); do
         t=$(cpu_ticks "$p" 2>/dev/null) && k=$((k + t))
     done
     awk -v own=$((ch + k)) '$1 == "cpu" { print $2 + $3 + $4, own; exit }' /proc/stat
@@ -232,9 +271,11 @@ if has_server pinhole; then
     [ -x "$PINHOLE_BIN" ] || die "pinhole binary not found: $PINHOLE_BIN (build it, or run with SERVERS=\"unbound dnsmasq\")"
 fi
 
-for p in $UP_PORT $PORT; do
-    port_busy "$p" && die "port $p on loopback is already in use; stop whatever listens there"
-done
+if [ "$NEED_HOST" = 1 ]; then
+    for p in $UP_PORT $PORT; do
+        port_busy "$p" && die "port $p on loopback is already in use; stop whatever listens there"
+    done
+fi
 
 # How busy are the two CPUs before anything of ours runs? Another build or
 # test on the machine skews every figure; the report records this baseline.
@@ -249,7 +290,7 @@ fi
 
 # ----------------------------------------------------------- generate data
 log "work dir $TMP; generating zone with $NAMES names"
-mkdir -p "$TMP/knot/run" "$TMP/knot/db" "$TMP/queries"
+mkdir -p "$TMP/knot" "$TMP/queries"
 # u<N> gets 10.(v>>16).(v>>8&255).(v&255) with v = N * 2654435761 mod 2^24:
 # an odd multiplier is a bijection mod 2^24, so every name has its own address,
 # spread over the whole of 10.0.0.0/8. These are answer data only.
@@ -277,15 +318,23 @@ awk -v n="$NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "u%d.bench.test A\n",
 awk -v n="$BLOCKED_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "x%d.blocked.test A\n", i }' >"$TMP/queries/blocked.txt"
 
 # ------------------------------------------------------------ start upstream
-cat >"$TMP/knot/knot.conf" <<EOF
+# One knotd on the host's loopback (cached, miss, blocked) and, for miss-fw,
+# one inside the namespace; both serve the same zone file, each with its own
+# run dir and database.
+KNOT_PIDS=()
+KNOT_CMD=; KNOT_NS_CMD=
+start_knot() {  # start_knot DIR PREFIX ; PREFIX is "" or "ip netns exec NS"
+    local dir=$1 pfx=$2 cmd pid
+    mkdir -p "$dir/run" "$dir/db"
+    cat >"$dir/knot.conf" <<EOF
 server:
-    rundir: "$TMP/knot/run"
+    rundir: "$dir/run"
     listen: $ADDR@$UP_PORT
     udp-workers: 1
     tcp-workers: 1
     background-workers: 1
 database:
-    storage: "$TMP/knot/db"
+    storage: "$dir/db"
 log:
   - target: stderr
     any: warning
@@ -299,16 +348,37 @@ zone:
   - domain: bench.test.
     file: "bench.test.zone"
 EOF
-KNOT_CMD="taskset -c $LOAD_CPU knotd -c $TMP/knot/knot.conf"
-log "starting knotd on $ADDR:$UP_PORT (CPU $LOAD_CPU)"
-$KNOT_CMD >"$TMP/knot/knotd.log" 2>&1 &
-KNOT_PID=$!
-PIDS+=("$KNOT_PID")
-wait_ready knotd "$KNOT_PID" "$UP_PORT" "u$NAMES.bench.test" "$(expected_addr "$NAMES")" "$TMP/knot/knotd.log"
+    cmd="${pfx:+$pfx }taskset -c $LOAD_CPU knotd -c $dir/knot.conf"
+    log "starting knotd on $ADDR:$UP_PORT (CPU $LOAD_CPU)${pfx:+ in $NS}"
+    $cmd >"$dir/knotd.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid"); KNOT_PIDS+=("$pid")
+    NSX=$pfx
+    wait_ready knotd "$pid" "$UP_PORT" "u$NAMES.bench.test" "$(expected_addr "$NAMES")" "$dir/knotd.log"
+    check_comm "$pid" knotd
+    NSX=
+    if [ -z "$pfx" ]; then KNOT_CMD=$cmd; else KNOT_NS_CMD=$cmd; fi
+}
+# check_comm PID NAME: the PID we recorded must be the program itself (ip netns
+# exec and taskset exec it, they do not fork), or CPU figures would be wrong.
+check_comm() {
+    local c
+    c=$(cat "/proc/$1/comm" 2>/dev/null) || die "process $1 ($2) is gone"
+    [ "$c" = "${2:0:15}" ] || die "PID $1 is '$c', not $2: the CPU figures would not be the server's"
+}
+if [ "$NEED_HOST" = 1 ]; then start_knot "$TMP/knot/host" ""; fi
+if [ "$NEED_NS" = 1 ]; then start_knot "$TMP/knot/ns" "ip netns exec $NS"; fi
 
 # ----------------------------------------------------- server configurations
-mkdir -p "$TMP/pinhole/zones" "$TMP/unbound" "$TMP/dnsmasq"
-cat >"$TMP/pinhole/config.toml" <<EOF
+mkdir -p "$TMP/pinhole/zones" "$TMP/pinhole/zones-fw" "$TMP/unbound" "$TMP/dnsmasq"
+# pinhole_config ZONES_DIR [EXTRA]: the common config; EXTRA (miss-fw) adds
+# [firewall] and [metrics]. The control socket goes to the work dir so that a
+# pinhole running on this host keeps its own (/run/pinhole/control.sock);
+# without PINHOLE_CONTROL=1 the [control] section is left out (for binaries
+# that predate it).
+PINHOLE_CONTROL=1
+pinhole_config() {
+    cat <<EOF
 [server]
 listen = ["$ADDR:$PORT"]
 [upstream]
@@ -316,14 +386,40 @@ servers = ["$ADDR:$UP_PORT"]
 [cache]
 max_entries = $CACHE_ENTRIES
 [policy]
-zones_dir = "$TMP/pinhole/zones"
+zones_dir = "$1"
 default_action = "refuse"
 EOF
+    if [ "$PINHOLE_CONTROL" = 1 ]; then printf '[control]\nsocket = "%s"\n' "$TMP/pinhole/control.sock"; fi
+    printf '%s' "${2:-}"
+}
+FW_CONFIG="[firewall]
+mode = \"managed\"
+table = \"$FW_TABLE\"
+state_dir = \"$TMP/pinhole-state\"
+write_deadline_ms = 1000
+[metrics]
+listen = \"$ADDR:$METRICS_PORT\"
+"
+write_pinhole_configs() {
+    pinhole_config "$TMP/pinhole/zones" >"$TMP/pinhole/config.toml"
+    pinhole_config "$TMP/pinhole/zones-fw" "$FW_CONFIG" >"$TMP/pinhole/config-fw.toml"
+}
+write_pinhole_configs
 cat >"$TMP/pinhole/zones/bench.toml" <<'EOF'
 [[zone]]
 name = "bench"
 description = "load test"
 action = "allow"
+hosts = ["*.bench.test"]
+EOF
+# miss-fw: the same zone with a port, so every answered address becomes one
+# element (addr . tcp . 443) of set allow4.
+cat >"$TMP/pinhole/zones-fw/bench.toml" <<'EOF'
+[[zone]]
+name = "bench"
+description = "load test"
+action = "allow"
+ports = ["tcp/443"]
 hosts = ["*.bench.test"]
 EOF
 cat >"$TMP/unbound/unbound.conf" <<EOF
@@ -359,22 +455,33 @@ forward-zone:
 EOF
 
 if has_server pinhole; then
-    "$PINHOLE_BIN" check --config "$TMP/pinhole/config.toml" >"$TMP/pinhole/check.log" 2>&1 ||
-        { cat "$TMP/pinhole/check.log" >&2; die "pinhole check rejected the generated config"; }
+    for cfg in config config-fw; do
+        [ "$cfg" = config ] || has_workload miss-fw || continue
+        if ! "$PINHOLE_BIN" check --config "$TMP/pinhole/$cfg.toml" >"$TMP/pinhole/check.log" 2>&1; then
+            if [ "$PINHOLE_CONTROL" = 1 ] && grep -q control "$TMP/pinhole/check.log"; then
+                log "this pinhole does not know [control]; configs without it"
+                PINHOLE_CONTROL=0; write_pinhole_configs
+                "$PINHOLE_BIN" check --config "$TMP/pinhole/$cfg.toml" >"$TMP/pinhole/check.log" 2>&1 && continue
+            fi
+            cat "$TMP/pinhole/check.log" >&2; die "pinhole check rejected the generated $cfg.toml"
+        fi
+    done
 fi
 
-server_cmd() {
+server_cmd() {  # server_cmd SERVER WORKLOAD
+    local pfx="" cfg=config
+    [ "$2" = miss-fw ] && pfx="ip netns exec $NS " && cfg=config-fw
     case $1 in
-        pinhole) echo "taskset -c $SERVER_CPU $PINHOLE_BIN run --config $TMP/pinhole/config.toml" ;;
-        unbound) echo "taskset -c $SERVER_CPU unbound -d -c $TMP/unbound/unbound.conf" ;;
-        dnsmasq) echo "taskset -c $SERVER_CPU dnsmasq -k --log-facility=- --conf-file=/dev/null --no-resolv --no-hosts --server=$ADDR#$UP_PORT --cache-size=$CACHE_ENTRIES --dns-forward-max=1000 --port=$PORT --listen-address=$ADDR --bind-interfaces --address=/blocked.test/ --pid-file" ;;
+        pinhole) echo "${pfx}taskset -c $SERVER_CPU $PINHOLE_BIN run --config $TMP/pinhole/$cfg.toml" ;;
+        unbound) echo "${pfx}taskset -c $SERVER_CPU unbound -d -c $TMP/unbound/unbound.conf" ;;
+        dnsmasq) echo "${pfx}taskset -c $SERVER_CPU dnsmasq -k --log-facility=- --conf-file=/dev/null --no-resolv --no-hosts --server=$ADDR#$UP_PORT --cache-size=$CACHE_ENTRIES --dns-forward-max=1000 --port=$PORT --listen-address=$ADDR --bind-interfaces --address=/blocked.test/ --pid-file" ;;
     esac
 }
 
 SERVER_PID=
-start_server() {
+start_server() {  # start_server SERVER WORKLOAD
     local s=$1 cmd
-    cmd=$(server_cmd "$s")
+    cmd=$(server_cmd "$s" "$2")
     if [ "$s" = pinhole ]; then
         RUST_LOG=$PINHOLE_LOG $cmd >"$TMP/$s/server.log" 2>&1 &
     else
@@ -383,25 +490,123 @@ start_server() {
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_ready "$s" "$SERVER_PID" "$PORT" cached.bench.test "$CACHED_ADDR" "$TMP/$s/server.log"
+    if [ "$s" = pinhole ]; then check_comm "$SERVER_PID" "$(basename "$PINHOLE_BIN")"; else check_comm "$SERVER_PID" "$s"; fi
 }
 stop_server() { stop_pid "$SERVER_PID"; forget_pid "$SERVER_PID"; SERVER_PID=; }
 
 dnsperf_cmd() {  # workload -> dnsperf command line (without the outer timeout)
-    local w=$1 extra=""
-    [ "$w" = miss ] && extra=" -n 1"
+    local w=$1 extra="" pfx="" f=$1
+    [ "$w" = miss-fw ] && pfx="ip netns exec $NS " && f=miss
+    [ "$f" = miss ] && extra=" -n 1"
     [ -n "$MAX_QPS" ] && extra="$extra -Q $MAX_QPS"
-    echo "taskset -c $LOAD_CPU dnsperf -s $ADDR -p $PORT -d $TMP/queries/$w.txt -l $DURATION -c $CLIENTS -T 1 -q $OUTSTANDING -t 2$extra"
+    echo "${pfx}taskset -c $LOAD_CPU dnsperf -s $ADDR -p $PORT -d $TMP/queries/$f.txt -l $DURATION -c $CLIENTS -T 1 -q $OUTSTANDING -t 2$extra"
+}
+
+# ------------------------------------------------------- miss-fw: set checks
+# metrics_get FILE: pinhole's /metrics from inside the namespace (bounded).
+metrics_get() {
+    if command -v curl >/dev/null; then
+        ip netns exec "$NS" curl -s --max-time 5 "http://$ADDR:$METRICS_PORT/metrics" >"$1" 2>/dev/null && return 0
+    fi
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    timeout 5 ip netns exec "$NS" bash -c 'exec 3<>"/dev/tcp/$0/$1" && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' \
+        "$ADDR" "$METRICS_PORT" >"$1" 2>/dev/null
+}
+# metric FILE NAME: a counter's value, or "n/a".
+metric() { awk -v n="$2" '$1 == n { v = $2 } END { print (v == "" ? "n/a" : v) }' "$1"; }
+# hist FILE NAME: "p50 p99 mean count" of a Prometheus histogram; p50/p99 are
+# bucket upper bounds (the first bucket whose cumulative count reaches
+# ceil(q * count)), "+Inf" beyond the last bound; "n/a n/a n/a 0" when absent.
+hist() {
+    awk -v n="$2" '
+        index($1, n "_bucket{le=\"") == 1 { le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); k++; b[k] = le; c[k] = $2 }
+        $1 == n "_sum" { sum = $2 }
+        $1 == n "_count" { cnt = $2 }
+        function q(x,    want, i) { want = x * cnt; if (want > int(want)) want = int(want) + 1
+            for (i = 1; i <= k; i++) if (c[i] + 0 >= want) return b[i]; return "n/a" }
+        END { if (cnt + 0 == 0) { print "n/a n/a n/a 0"; exit }
+              printf "%s %s %.1f %d\n", q(0.5), q(0.99), sum / cnt, cnt }' "$1"
+}
+# fw_collect ROUND DNSPERF_OUT: after pinhole's miss-fw run, while it still
+# runs: the elements in set allow4 against the names dnsperf sent, and the
+# writer's metrics; one row of $FWRAW.
+fw_collect() {
+    local round=$1 out=$2 base=$TMP/pinhole/miss-fw.round$1 sent completed lost noerror setc m w b
+    sent=$(awk '/Queries sent:/ { print $3 }' "$out"); completed=$(awk '/Queries completed:/ { print $3 }' "$out")
+    lost=$(awk '/Queries lost:/ { print $3 }' "$out")
+    noerror=$(awk '/Response codes:/ { for (i = 1; i < NF; i++) if ($i == "NOERROR" || $i == "NOERROR,") { v = $(i + 1); sub(/,$/, "", v); print v; exit } }' "$out")
+    noerror=${noerror:-0}
+    ip netns exec "$NS" nft -j list set inet "$FW_TABLE" allow4 >"$base.set.json" 2>"$base.set.err" || true
+    # "elements addresses_of_u_names missing extra": the u<N> addresses expected
+    # are those of u1..u<sent> (dnsperf -n 1 sends the file in order).
+    setc=$(python3 - "$base.set.json" "${sent:-0}" "$CACHED_ADDR" <<'EOF'
+import json, sys
+path, sent, cached = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    doc = json.load(open(path))
+except Exception:
+    print("n/a n/a n/a n/a"); sys.exit(0)
+elems = []
+for o in doc.get("nftables", []):
+    if "set" in o:
+        elems = o["set"].get("elem", [])
+def addr(e):
+    v = e.get("elem", e) if isinstance(e, dict) else e
+    v = v.get("val", v) if isinstance(v, dict) else v
+    if isinstance(v, dict) and "concat" in v:
+        v = v["concat"][0]
+    return v
+have = [addr(e) for e in elems]
+hs = set(have)
+want = set()
+for i in range(1, sent + 1):
+    v = (i * 2654435761) % 16777216
+    want.add("10.%d.%d.%d" % (v >> 16, (v >> 8) & 255, v & 255))
+extra = len([a for a in hs if a not in want and a != cached])
+print(len(have), len(hs & want), len(want - hs), extra)
+EOF
+)
+    metrics_get "$base.metrics" || : >"$base.metrics"
+    m=$base.metrics
+    w=$(hist "$m" pinhole_nft_write_microseconds); b=$(hist "$m" pinhole_nft_batch_elements)
+    # A binary whose histograms stay empty still has the counters: the means
+    # follow from them (write µs total / batches, elements / batches).
+    if [ "${w##* }" = 0 ]; then
+        w="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_write_micros_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
+    fi
+    if [ "${b##* }" = 0 ]; then
+        b="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_elements_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${sent:-0}" "${completed:-0}" "${lost:-0}" "$noerror" \
+        "${setc// /$'\t'}" "$(metric "$m" pinhole_nft_batches_total)" "$(metric "$m" pinhole_nft_elements_total)" \
+        "$(metric "$m" pinhole_nft_errors_total)" "$(metric "$m" pinhole_firewall_failures_total)" "$(metric "$m" pinhole_nft_repairs_total)" \
+        "${w// /$'\t'}" "${b// /$'\t'}" >>"$FWRAW"
+    # columns: 1 round, 2 sent, 3 completed, 4 lost, 5 NOERROR, 6 elements in set,
+    # 7 of them u<N> addresses, 8 u<N> addresses sent but missing, 9 unexpected,
+    # 10 batches, 11 elements written, 12 nft errors, 13 firewall failures, 14 repairs,
+    # 15-18 write µs p50 p99 mean count, 19-22 elements/batch p50 p99 mean count
+    tail -n 1 "$FWRAW" | awk -F'\t' '{ printf "load.sh:   set allow4: %s elements (%s of the u<N> addresses, %s missing, %s unexpected) for %s NOERROR answers; batches %s, errors %s, firewall failures %s; write us p50<=%s p99<=%s mean %s; elements/batch p50<=%s p99<=%s mean %s\n", $6, $7, $8, $9, $5, $10, $12, $13, $15, $16, $17, $19, $20, $21 }' >&2
 }
 
 # --------------------------------------------------------------- run loads
 RAW=$TMP/raw.tsv
 RESULTS=$TMP/results.tsv
-: >"$RAW"
+FWRAW=$TMP/fw.tsv
+: >"$RAW"; : >"$FWRAW"
 for round in $(seq "$ROUNDS"); do
   for s in $SERVERS; do
     for w in $WORKLOADS; do
-        log "round $round/$ROUNDS: $s / $w: fresh start, pinned to CPU $SERVER_CPU"
-        start_server "$s"
+        NSX=
+        if [ "$w" = miss-fw ]; then
+            NSX="ip netns exec $NS"
+            # A clean slate for every round: no table left by the last round
+            # (inside the namespace; the host's ruleset is never touched) and
+            # no journal to restore elements from.
+            ip netns exec "$NS" nft delete table inet "$FW_TABLE" 2>/dev/null || true
+            rm -rf "$TMP/pinhole-state"
+        fi
+        log "round $round/$ROUNDS: $s / $w: fresh start, pinned to CPU $SERVER_CPU${NSX:+, in $NS}"
+        start_server "$s" "$w"
         # The readiness probe above already asked cached.bench.test once, which
         # is the warm-up for the cached workload; u<N> names were never asked.
         r=$(kdig_q "$PORT" probe.blocked.test) || r="no answer"
@@ -422,7 +627,9 @@ for round in $(seq "$ROUNDS"); do
         c1=$(cpu_ticks "$SERVER_PID")
         s1=$(cpu_jiffies "$SERVER_CPU"); l1=$(cpu_jiffies "$LOAD_CPU"); a1=$(acct_snapshot)
         hwm=$(hwm_kib "$SERVER_PID")
+        if [ "$w" = miss-fw ] && [ "$s" = pinhole ]; then fw_collect "$round" "$out"; fi
         stop_server
+        NSX=
         grep -q 'Queries completed:' "$out" || { cat "$out" >&2; die "no dnsperf statistics for $s/$w"; }
         awk -v s="$s" -v w="$w" -v round="$round" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
             -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" -v a0="$a0" -v a1="$a1" '
@@ -452,7 +659,7 @@ for round in $(seq "$ROUNDS"); do
     done
   done
 done
-stop_pid "$KNOT_PID"; forget_pid "$KNOT_PID"
+for p in "${KNOT_PIDS[@]}"; do stop_pid "$p"; forget_pid "$p"; done
 
 # One row per (server, workload): the median of each numeric column over the
 # rounds (the figure itself when ROUNDS=1); response codes from the first round.
@@ -486,6 +693,57 @@ REPORT=$OUT_DIR/load-$STAMP.md
 ver() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo "?"; }
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -1)" ] && GIT_REV="$GIT_REV (dirty tree)"
+# The miss-fw section of the report: pinhole vs the others on miss-fw, the
+# cost of the set writes (pinhole miss-fw - miss), and the set checks per round.
+fw_report() {
+    local o qa qb ca cb cm okq okset
+    echo "## Set writes (miss-fw)"
+    echo
+    echo "pinhole with \`[firewall] mode = \"managed\"\`: every address it answers for an approved name is written into \`set inet $FW_TABLE allow4\` (as \`addr . tcp . 443\`) and acknowledged by the kernel before the answer leaves; a write that fails or misses \`write_deadline_ms\` turns the answer into SERVFAIL (fail-closed). unbound and dnsmasq write no sets. pinhole's CPU includes its netlink writer thread (same process), and the kernel's time for the nftables transactions, which run in pinhole's sendmsg() on the netlink socket, is charged to pinhole's stime too."
+    echo
+    echo "| server | QPS | CPU µs/query | pinhole ÷ server, QPS | pinhole ÷ server, CPU µs/query |"
+    echo "|---|---:|---:|---:|---:|"
+    qa=$(awk -F'\t' '$1 == "pinhole" && $2 == "miss-fw" { print $3 }' "$RESULTS")
+    ca=$(awk -F'\t' '$1 == "pinhole" && $2 == "miss-fw" { print $12 }' "$RESULTS")
+    for o in $SERVERS; do
+        qb=$(awk -F'\t' -v o="$o" '$1 == o && $2 == "miss-fw" { print $3 }' "$RESULTS")
+        cb=$(awk -F'\t' -v o="$o" '$1 == o && $2 == "miss-fw" { print $12 }' "$RESULTS")
+        [ "$o" = pinhole ] && { echo "| $o | $qb | $cb | — | — |"; continue; }
+        echo "| $o | $qb | $cb | $(awk -v a="$qa" -v b="$qb" 'BEGIN { if (a == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }') | $(awk -v a="$ca" -v b="$cb" 'BEGIN { if (a == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }') |"
+    done
+    echo
+    cm=$(awk -F'\t' '$1 == "pinhole" && $2 == "miss" { print $12 }' "$RESULTS")
+    if [ -n "$cm" ]; then
+        echo "Cost of the set writes: pinhole miss-fw $ca µs/query vs miss $cm µs/query = $(awk -v a="$ca" -v b="$cm" 'BEGIN { printf "%+.2f", a - b }') µs per answered address (both medians of this run)."
+        echo
+    fi
+    echo "pinhole's set after each miss-fw run (nft -j list set, while pinhole still ran) and its /metrics. Elements in set counts every element; the readiness probe's cached.bench.test ($CACHED_ADDR) is one of them. \"u<N> addresses missing\" = addresses of the names dnsperf sent that are not in the set. Write latency = send of a batch to the kernel's acknowledgement (pinhole_nft_write_microseconds); p50/p99 are histogram bucket upper bounds."
+    echo
+    echo "| round | completed | NOERROR | elements in set | u<N> addresses in set | u<N> addresses missing | unexpected elements | = NOERROR answers? | batches | elements written | nft errors | firewall failures | write µs p50 | write µs p99 | write µs mean | elements/batch p50 | elements/batch p99 | elements/batch mean |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '
+        function le(v) { return v == "n/a" ? v : "≤ " v }
+        { eq = $7 == $5 && $9 == 0 ? "yes" : ($9 == 0 && $7 > $5 && $7 - $5 <= $4 ? sprintf("+%d (answers lost in flight)", $7 - $5) : "**no**")
+          printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $5, $6, $7, $8, $9, eq, $10, $11, $12, $13, le($15), le($16), $17, le($19), le($20), $21 }' "$FWRAW"
+    echo
+    if awk -F'\t' '$18 == 0 && $10 + 0 > 0 { f = 1 } END { exit !f }' "$FWRAW"; then
+        echo "This pinhole's /metrics has empty nft histograms although it wrote batches: p50/p99 are n/a; the means come from the counters (pinhole_nft_write_micros_total and pinhole_nft_elements_total over pinhole_nft_batches_total)."
+        echo
+    fi
+    if awk -F'\t' '$4 + 0 > 0 { f = 1 } END { exit !f }' "$FWRAW"; then
+        echo "Some queries were lost (no answer within dnsperf's run): an address whose write finished but whose answer did not arrive is in the set without a counted answer, and a lost query's address may be missing from the set legitimately."
+        echo
+    fi
+    okq=$(awk -F'\t' '$2 == "miss-fw" && $1 == "pinhole" { p = $3 } $2 == "miss-fw" && $1 == "unbound" { u = $3 } END { print (p != "" && u != "" ? (p + 0 >= u + 0 ? "yes" : "no") : "n/a") }' "$RESULTS")
+    okset=$(awk -F'\t' '{ n++; if ($5 == $3 && $8 == 0 && $4 == 0 && $7 == $5 && $9 == 0 && $12 == 0 && $13 == 0) ok++ } END { print (n > 0 && ok == n ? "yes" : "no") }' "$FWRAW")
+    echo "Goal: pinhole at least unbound's queries per second in the same run, with zero answers whose addresses were missing from the set, and the set holding one element per distinct answered address afterwards."
+    echo
+    qb=$(awk -F'\t' '$1 == "unbound" && $2 == "miss-fw" { print $3 }' "$RESULTS")
+    echo "- QPS ≥ unbound (medians, miss-fw): **$okq** (pinhole $qa, unbound ${qb:-not run})"
+    echo "- every round: 100 % NOERROR, nothing lost, no u<N> address missing, one element per answer, no nft error or firewall failure: **$okset**"
+    echo
+}
+
 ENV_PREFIX="DURATION=$DURATION ROUNDS=$ROUNDS SERVERS=\"$SERVERS\" WORKLOADS=\"$WORKLOADS\" CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING NAMES=$NAMES"
 [ -n "$MAX_QPS" ] && ENV_PREFIX="$ENV_PREFIX MAX_QPS=$MAX_QPS"
 
@@ -503,7 +761,7 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
     echo "- Idle baseline (2 s before the run): CPU $SERVER_CPU ${BASE_S}% busy, CPU $LOAD_CPU ${BASE_L}% busy$( [ "$BASE_S" -gt 10 ] || [ "$BASE_L" -gt 10 ] && echo ' — **machine was not idle, figures are skewed**')"
     echo "- Versions: dnsperf $(ver dnsperf), knot $(ver knot), unbound $(ver unbound), dnsmasq $(ver dnsmasq-base), pinhole $GIT_REV"
     echo "- Load: $DURATION s per run, $ROUNDS round(s), dnsperf -c $CLIENTS -T 1 -q $OUTSTANDING -t 2${MAX_QPS:+ -Q $MAX_QPS}, UDP to $ADDR:$PORT; upstream knotd $ADDR:$UP_PORT, zone bench.test. with $NAMES unique names (TTL 3600)"
-    echo "- Workloads: cached = cached.bench.test A repeated (after one warm-up query); miss = u1..u$NAMES.bench.test A once each (dnsperf -n 1, fresh server); blocked = x1..x$BLOCKED_NAMES.blocked.test A looped"
+    echo "- Workloads: cached = cached.bench.test A repeated (after one warm-up query); miss = u1..u$NAMES.bench.test A once each (dnsperf -n 1, fresh server); blocked = x1..x$BLOCKED_NAMES.blocked.test A looped$(has_workload miss-fw && echo "; miss-fw = miss with pinhole's set writes on ([firewall] mode = \"managed\", zone ports = [\"tcp/443\"]: one element per answered address in set inet $FW_TABLE allow4, written before the answer), every process of it (knotd, server, dnsperf) in network namespace $NS; unbound and dnsmasq run miss-fw in that namespace too and write no sets")"
     echo "- Every (server, workload) run starts the server afresh. CPU = utime+stime of the server process from /proc/PID/stat (all threads) across the dnsperf run; CPU % = CPU s / run time; peak RSS = VmHWM at the end of the run. CPU N busy % = share of that CPU not idle during the run (/proc/stat; includes softirq and every process on it): a load CPU near 100 % with a server CPU % well under 100 % means dnsperf, not the server, set the QPS. Other procs % = CPU used during the run by processes that are not the server, knotd, ksoftirqd or this script's children, in % of one CPU: above ~5 % the machine was not quiet and that run is skewed."
     echo
     echo "## Results"
@@ -536,6 +794,9 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
         done
         echo
     fi
+    if has_workload miss-fw && has_server pinhole && [ -s "$FWRAW" ]; then
+        fw_report
+    fi
     if [ "$ROUNDS" -gt 1 ]; then
         echo "## Every round"
         echo
@@ -547,8 +808,17 @@ for s in $SERVERS; do [ "$s" = "$REF" ] || OTHERS+=("$s"); done
     echo "## Commands"
     echo
     echo '```'
-    echo "$KNOT_CMD"
-    for s in $SERVERS; do server_cmd "$s"; done
+    [ -z "$KNOT_CMD" ] || echo "$KNOT_CMD"
+    if [ "$NEED_HOST" = 1 ]; then for s in $SERVERS; do server_cmd "$s" ""; done; fi
+    if [ "$NEED_NS" = 1 ]; then
+        echo "ip netns add $NS; ip -n $NS link set lo up    # ip netns del $NS at exit"
+        echo "$KNOT_NS_CMD"
+        for s in $SERVERS; do server_cmd "$s" miss-fw; done
+        if has_server pinhole; then
+            echo "ip netns exec $NS nft -j list set inet $FW_TABLE allow4    # after pinhole's run"
+            echo "ip netns exec $NS curl -s http://$ADDR:$METRICS_PORT/metrics"
+        fi
+    fi
     for w in $WORKLOADS; do echo "timeout -k 5 $((DURATION + 30)) $(dnsperf_cmd "$w")"; done
     echo '```'
     echo

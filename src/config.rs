@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub firewall: FirewallConfig,
+    pub control: ControlConfig,
     /// Where the file was read from; relative paths inside it are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -303,6 +304,22 @@ impl Default for FirewallConfig {
             on_failure: FailMode::Closed,
             https_hints: HintPolicy::Allow,
             state_dir: Some(PathBuf::from("/var/lib/pinhole")),
+        }
+    }
+}
+
+/// `[control]`: the local socket `pinhole status` talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket path (mode 0600, root only); absent = no control socket.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: Some(PathBuf::from("/run/pinhole/control.sock")),
         }
     }
 }

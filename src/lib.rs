@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod diag;
 pub mod dns;
 pub mod explain;

@@ -36,6 +36,11 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Show the live allowlist (address, ports, zone, name, expires in) of the running daemon.
+    Status {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Print the nftables ruleset that uses pinhole's sets (managed mode), ready for `nft -f`.
     Ruleset {
         #[arg(long, short, default_value = "config.toml")]
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
             print!("{}", pinhole::explain::explain(&c, &p, &name, &qtype));
         }),
         Command::Run { config } => run(&config),
+        Command::Status { config } => status(&config),
         Command::Ruleset { config } => load(&config).map(|(c, _)| {
             let resolvers: Vec<std::net::IpAddr> = c
                 .server
@@ -124,6 +130,27 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         patterns,
         config.upstream.resolved.len()
     );
+    Ok(())
+}
+
+fn status(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let socket = config
+        .control
+        .socket
+        .ok_or_else(|| anyhow::anyhow!("[control] socket is not set in {}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply = runtime
+        .block_on(pinhole::control::ask(&socket, "status"))
+        .with_context(|| {
+            format!(
+                "cannot reach the daemon at {} (is pinhole running, and are you root?)",
+                socket.display()
+            )
+        })?;
+    print!("{reply}");
     Ok(())
 }
 

@@ -12,6 +12,8 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub struct Metrics {
             $(#[doc = $help] pub $name: AtomicU64,)*
+            /// Distributions (firewall write latency and batch sizes).
+            pub histograms: Histograms,
         }
 
         impl Metrics {
@@ -23,6 +25,7 @@ macro_rules! counters {
                     let _ = writeln!(out, "# TYPE pinhole_{} counter", stringify!($name));
                     let _ = writeln!(out, "pinhole_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
                 )*
+                self.histograms.render(&mut out);
                 out
             }
 
@@ -62,6 +65,119 @@ counters! {
     nft_repairs_total: "Times the table or sets were found removed and recreated.",
     firewall_failures_total: "Answers whose set write failed or missed its deadline.",
     journal_errors_total: "Journal writes that failed.",
+}
+
+/// A fixed-bucket histogram (Prometheus `histogram` type), lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets.
+    bounds: &'static [u64],
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The value below which `q` (0..1) of the observations fall, as a bucket bound.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.count.load(Ordering::Relaxed);
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c.load(Ordering::Relaxed);
+            if seen >= want {
+                return Some(self.bounds.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP pinhole_{name} {help}");
+        let _ = writeln!(out, "# TYPE pinhole_{name} histogram");
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            match self.bounds.get(i) {
+                Some(b) => {
+                    let _ = writeln!(out, "pinhole_{name}_bucket{{le=\"{b}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "pinhole_{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "pinhole_{name}_sum {}",
+            self.sum.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "pinhole_{name}_count {}",
+            self.count.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Microsecond bounds for kernel write latency.
+const LATENCY_US: &[u64] = &[
+    25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400,
+];
+/// Elements per batch.
+const BATCH_SIZES: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+
+/// Distributions the firewall writer records.
+#[derive(Debug)]
+pub struct Histograms {
+    /// Microseconds from sending a batch to its acknowledgement.
+    pub nft_write_us: Histogram,
+    /// Elements per batch.
+    pub nft_batch_elements: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            nft_write_us: Histogram::new(LATENCY_US),
+            nft_batch_elements: Histogram::new(BATCH_SIZES),
+        }
+    }
+}
+
+impl Histograms {
+    pub fn render(&self, out: &mut String) {
+        self.nft_write_us.render(
+            "nft_write_microseconds",
+            "Kernel write latency of one batch (send to acknowledgement).",
+            out,
+        );
+        self.nft_batch_elements
+            .render("nft_batch_elements", "Elements per netlink batch.", out);
+    }
 }
 
 impl Metrics {

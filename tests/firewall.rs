@@ -28,12 +28,16 @@ hosts = ["fwd.example.test"]
 "#;
 
 fn fw_config(state: &std::path::Path, extra: &str) -> String {
+    fw_config_with(state, 30, 40, extra)
+}
+
+fn fw_config_with(state: &std::path::Path, grace: u32, floor: u32, extra: &str) -> String {
     // Generous upstream timeouts: the in-process test upstream shares the test's runtime and
     // answers 1,000 concurrent queries slowly in a debug build.
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\
          [upstream]\nservers = [{{upstreams}}]\ntimeout_ms = 9000\nattempt_timeout_ms = 1500\n\
-         [firewall]\nmode = \"managed\"\ntable = \"pinhole\"\ngrace_s = 30\ntimeout_floor_s = 40\n\
+         [firewall]\nmode = \"managed\"\ntable = \"pinhole\"\ngrace_s = {grace}\ntimeout_floor_s = {floor}\n\
          state_dir = \"{}\"\nwrite_deadline_ms = 2000\n{extra}\n",
         state.display()
     )
@@ -262,4 +266,78 @@ async fn restart_restores_and_flush_is_repaired() {
         e.expect("expires").as_secs() > 3600,
         "the time left is restored, not reset to zero"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_it() {
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let setup = Setup::new(&fw_config_with(state.path(), 1, 1, ""), &[up.addr], ZONES);
+    let control = setup.dir.path().join("control.sock");
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    // short.example.test: TTL 2, grace 1 → element timeout 3 s, cached for 2 s.
+    query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    let ip: IpAddr = "192.0.2.2".parse().expect("ip");
+    let batches = pinhole::metric(&p.metrics, "nft_batches_total");
+    // A cache hit right away: the element lives long enough, no kernel write.
+    query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    assert_eq!(
+        pinhole::metric(&p.metrics, "nft_batches_total"),
+        batches,
+        "fresh element: no write"
+    );
+    // 1.5 s later the cached answer (TTL 1 left, + 1 s grace) would outlive the element's
+    // remaining 1.5 s: the cache hit refreshes it before answering.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    assert_eq!(
+        m.answers[0].ttl, 1,
+        "served from the cache, TTL counted down"
+    );
+    assert_eq!(
+        up.queries_for("short.example.test.", RecordType::A),
+        1,
+        "from the cache"
+    );
+    assert_eq!(
+        pinhole::metric(&p.metrics, "nft_batches_total"),
+        batches + 1,
+        "one refresh write"
+    );
+    let (_, e) = elements(&ns)[&(ip, 6, 443)];
+    let e = e.expect("expires");
+    assert!(
+        e > Duration::from_millis(1700),
+        "refreshed: expires in {e:?}"
+    );
+    // pinhole status over the control socket, as root.
+    // The daemon runs on this test's runtime: run the client off it.
+    let config_path = p.setup.config_path();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pinhole::binary())
+            .args(["status", "--config"])
+            .arg(config_path)
+            .output()
+            .expect("status")
+    })
+    .await
+    .expect("status task");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("192.0.2.2 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("tcp/443,udp/443"), "{row}");
+    assert!(
+        row.contains(" test ") && row.contains("short.example.test"),
+        "{row}"
+    );
+    assert!(control.exists());
 }

@@ -137,6 +137,10 @@ impl Handler {
         }
     }
 
+    pub fn firewall(&self) -> Option<&Arc<Firewall>> {
+        self.firewall.as_ref()
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
@@ -378,6 +382,7 @@ impl Handler {
                             port: p.port,
                         },
                         timeout_ms: lifetimes.timeout_ms(ttl),
+                        needed_ms: lifetimes.needed_ms(ttl),
                         zone: Arc::clone(zone_name),
                         name: Arc::clone(zone_name),
                     });

@@ -26,6 +26,13 @@ pub use handler::{Handler, Step, Transport};
 #[derive(Debug, Error)]
 pub enum ServeError {
     #[error(
+        "cannot create the control socket {path}: {source}; set [control] socket to a writable path, or remove the key to turn it off"
+    )]
+    Control {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
         "cannot listen on {addr} ({proto}): {source}; is another DNS server running there, or does pinhole lack the right to bind the port (root or CAP_NET_BIND_SERVICE)?"
     )]
     Bind {
@@ -105,6 +112,17 @@ impl Server {
             server.udp.push(actual);
             server.tcp.push(actual);
             tracing::info!(%actual, udp_sockets = sockets, "listening on UDP and TCP");
+        }
+        if let Some(path) = &config.control.socket {
+            let listener = crate::control::bind(path).map_err(|source| ServeError::Control {
+                path: path.clone(),
+                source,
+            })?;
+            server.tasks.spawn(crate::control::serve(
+                listener,
+                handler.firewall().cloned(),
+                Arc::clone(&handler.metrics),
+            ));
         }
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -186,6 +186,7 @@ mod tests {
                 port: 443,
             },
             timeout_ms: t,
+            needed_ms: t,
             zone: "apple".into(),
             name: "mesu.apple.com".into(),
         };

@@ -217,6 +217,7 @@ fn replay(
                 Want {
                     key: *k,
                     timeout_ms: l.expires_ms.saturating_sub(now).max(1000),
+                    needed_ms: 0,
                     zone: Arc::clone(&l.zone),
                     name: Arc::clone(&l.name),
                 },

@@ -412,19 +412,26 @@ pub struct Element {
     /// What it matches.
     pub key: Key,
     /// `NFTA_SET_ELEM_TIMEOUT` (sent in ms; the kernel keeps jiffies). The set
-    /// needs [`SetFlags::TIMEOUT`]. `None`: the set's default timeout, if any.
+    /// needs [`SetFlags::TIMEOUT`]. `None`: the set's default timeout, if any,
+    /// else the element never expires. Under 1 ms is refused: the kernel takes
+    /// a zero timeout as "no timeout" and the element would be permanent.
     pub timeout: Option<Duration>,
-    /// `NFTA_SET_ELEM_EXPIRATION`: time left right now (defaults to `timeout`).
+    /// `NFTA_SET_ELEM_EXPIRATION`: time left right now. `None` sends nothing:
+    /// a new element then gets `timeout`, but an existing element re-added
+    /// with an *unchanged* timeout keeps its old expiry (kernel 6.18 behaviour).
+    /// To refresh, send `Some(timeout)`, as [`Element::port`] does. Must not
+    /// exceed `timeout` (`ERANGE`).
     pub expires: Option<Duration>,
 }
 
 impl Element {
-    /// `addr . proto . port` with a timeout.
+    /// `addr . proto . port` with a timeout; re-adding it restarts the
+    /// countdown (it sends `expires = timeout`).
     pub fn port(addr: IpAddr, proto: u8, port: u16, timeout: Duration) -> Element {
         Element {
             key: Key::Port { addr, proto, port },
             timeout: Some(timeout),
-            expires: None,
+            expires: Some(timeout),
         }
     }
 
@@ -723,11 +730,21 @@ fn put_elem(
     if flags != 0 {
         b.attr_u32(sys::NFTA_SET_ELEM_FLAGS, flags)?;
     }
-    if let Some(t) = timeout {
-        b.attr_u64(sys::NFTA_SET_ELEM_TIMEOUT, millis(t)?)?;
-    }
-    if let Some(e) = expires {
-        b.attr_u64(sys::NFTA_SET_ELEM_EXPIRATION, millis(e)?)?;
+    for (ty, d) in [
+        (sys::NFTA_SET_ELEM_TIMEOUT, timeout),
+        (sys::NFTA_SET_ELEM_EXPIRATION, expires),
+    ] {
+        if let Some(d) = d {
+            let ms = millis(d)?;
+            if ms == 0 {
+                // The kernel reads 0 as "not given": a zero timeout would
+                // silently create a permanent element.
+                return Err(NftError::Invalid(format!(
+                    "timeout/expiration {d:?} is under 1 ms"
+                )));
+            }
+            b.attr_u64(ty, ms)?;
+        }
     }
     b.nest_end(el)
 }
@@ -789,6 +806,9 @@ fn split_msgs(mut buf: &[u8]) -> Result<Vec<NlMsg<'_>>> {
     Ok(out)
 }
 
+/// Parsed attributes: `(type without flags, payload)`.
+type Attrs<'a> = Vec<(u16, &'a [u8])>;
+
 /// Attributes of a buffer as `(type without flags, payload)`.
 fn parse_attrs(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>> {
     let mut out = Vec::new();
@@ -826,9 +846,6 @@ fn name(v: &[u8]) -> String {
 }
 
 /// `(family, attributes)` of an nf_tables message payload.
-/// Attributes of a message: (type, payload) pairs.
-type Attrs<'a> = Vec<(u16, &'a [u8])>;
-
 fn nft_payload(p: &[u8]) -> Result<(u8, Attrs<'_>)> {
     if p.len() < 4 {
         return Err(proto_err("short nfgenmsg"));
@@ -1188,13 +1205,20 @@ impl Nft {
             );
             b.buf.attr_name(sys::NFTA_SET_TABLE, table)?;
             b.buf.attr_name(sys::NFTA_SET_NAME, &s.name)?;
-            b.buf.attr_u32(sys::NFTA_SET_FLAGS, s.flags.0)?;
+            // Concatenation + intervals means the pipapo backend, which needs
+            // NFT_SET_CONCAT and the field lengths; the kernel refuses
+            // NFTA_SET_DESC_CONCAT (EINVAL) on any other set.
+            let pipapo = s.key.is_concat() && s.flags.contains(SetFlags::INTERVAL);
+            let flags = if pipapo {
+                s.flags | SetFlags::CONCAT
+            } else {
+                s.flags
+            };
+            b.buf.attr_u32(sys::NFTA_SET_FLAGS, flags.0)?;
             b.buf.attr_u32(sys::NFTA_SET_KEY_TYPE, s.key.type_id())?;
             b.buf.attr_u32(sys::NFTA_SET_KEY_LEN, s.key.key_len())?;
             b.buf.attr_u32(sys::NFTA_SET_ID, i as u32 + 1)?;
-            if s.key.is_concat() && s.flags.contains(SetFlags::INTERVAL) {
-                // Field lengths; required by the pipapo backend (interval +
-                // concat), harmless for hash sets.
+            if pipapo {
                 let d = b.buf.nest_start(sys::NFTA_SET_DESC);
                 let c = b.buf.nest_start(sys::NFTA_SET_DESC_CONCAT);
                 for len in s.key.field_lens() {

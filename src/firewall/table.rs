@@ -34,6 +34,8 @@ pub struct Want {
     pub key: ElemKey,
     /// Element timeout to write if a write is needed (milliseconds).
     pub timeout_ms: u64,
+    /// The element must live at least this much longer (milliseconds), or it is written again.
+    pub needed_ms: u64,
     pub zone: Arc<str>,
     pub name: Arc<str>,
 }
@@ -61,6 +63,13 @@ impl Lifetimes {
         self.ceiling_s.saturating_sub(self.grace_s)
     }
 
+    /// How long an element must still live when an answer with `ttl` is handed out: the TTL
+    /// plus half the grace. Between that and the full timeout no write is needed, so a busy
+    /// name refreshes its elements at most once per half grace period.
+    pub fn needed_ms(&self, ttl: u32) -> u64 {
+        u64::from(ttl.min(self.ttl_cap())) * 1000 + u64::from(self.grace_s) * 500
+    }
+
     /// Element timeout in milliseconds for an answer handed out with `ttl`.
     pub fn timeout_ms(&self, ttl: u32) -> u64 {
         let secs = ttl
@@ -78,7 +87,7 @@ pub struct AllowTable {
 }
 
 impl AllowTable {
-    /// The wants whose element would expire before `now + timeout`: those need a kernel write.
+    /// The wants whose element would expire before `now + needed`: those need a kernel write.
     /// Elements that live long enough already cost nothing.
     pub fn missing<'a>(&self, wants: &'a [Want], now_ms: u64) -> Vec<&'a Want> {
         wants
@@ -86,7 +95,7 @@ impl AllowTable {
             .filter(|w| {
                 self.live
                     .get(&w.key)
-                    .is_none_or(|l| l.expires_ms < now_ms + w.timeout_ms)
+                    .is_none_or(|l| l.expires_ms < now_ms + w.needed_ms)
             })
             .collect()
     }
@@ -167,6 +176,7 @@ mod tests {
                 port: 443,
             },
             timeout_ms,
+            needed_ms: timeout_ms,
             zone: "z".into(),
             name: "n.test".into(),
         }

@@ -52,7 +52,14 @@ impl Setup {
     pub fn new(config: &str, upstreams: &[SocketAddr], zones: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-        let text = config.replace("{upstreams}", &list.join(", "));
+        let mut text = config.replace("{upstreams}", &list.join(", "));
+        if !text.contains("[control]") {
+            // Each test its own control socket.
+            text.push_str(&format!(
+                "\n[control]\nsocket = \"{}/control.sock\"\n",
+                dir.path().display()
+            ));
+        }
         std::fs::write(dir.path().join("config.toml"), text).expect("write config");
         std::fs::create_dir(dir.path().join("zones")).expect("zones dir");
         std::fs::write(dir.path().join("zones/test.toml"), zones).expect("write zones");
