@@ -38,6 +38,7 @@ fn handler() -> Handler {
         action: ZoneAction::Allow,
         ports: vec![],
         patterns: vec![parse_pattern("*.bench.test").expect("pattern")],
+        sets: vec![],
         file: "bench".into(),
         line: 1,
     });

@@ -24,6 +24,7 @@ fn zone() -> ZoneDef {
         action: ZoneAction::Allow,
         ports: vec![],
         patterns,
+        sets: vec![],
         file: PathBuf::from("bench"),
         line: 1,
     }

@@ -250,6 +250,9 @@ pub enum FirewallMode {
     Off,
     /// pinhole creates `table inet <table>` with its sets; `pinhole ruleset` prints the rules.
     Managed,
+    /// Zones name existing sets (`sets = ["inet filter apple4"]`), as dnsmasq's `--nftset`
+    /// does; pinhole checks them at start and never creates or repairs them.
+    External,
 }
 
 /// What happens to an answer when its set write fails or misses the deadline.

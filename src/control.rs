@@ -77,11 +77,11 @@ pub fn status_text(firewall: Option<&Firewall>, metrics: &Metrics) -> String {
     // Group ports of the same address, zone and name.
     let mut rows: Vec<(String, String, String, String, u64)> = Vec::new();
     for (k, l) in &live {
-        let port = format!(
-            "{}/{}",
-            if k.proto_number() == 6 { "tcp" } else { "udp" },
-            k.port
-        );
+        let port = match k.proto {
+            6 => format!("tcp/{}", k.port),
+            17 => format!("udp/{}", k.port),
+            _ => "any".to_string(),
+        };
         let secs = l.expires_ms.saturating_sub(now) / 1000;
         match rows
             .iter_mut()
@@ -101,10 +101,11 @@ pub fn status_text(firewall: Option<&Firewall>, metrics: &Metrics) -> String {
             )),
         }
     }
+    let sets: Vec<String> = fw.sets().iter().map(|s| s.label()).collect();
     let _ = writeln!(
         out,
-        "table inet {}: {} live elements, {} batches, {} errors",
-        fw.table_name(),
+        "sets {}: {} live elements, {} batches, {} errors",
+        sets.join(", "),
         live.len(),
         metrics
             .nft_batches_total

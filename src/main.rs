@@ -167,8 +167,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let zones = policy.zones().len();
         let firewall = match config.firewall.mode {
             FirewallMode::Off => None,
-            FirewallMode::Managed => Some(Arc::new(Firewall::start_managed(
+            FirewallMode::Managed | FirewallMode::External => Some(Arc::new(Firewall::start(
                 &config.firewall,
+                policy.zones(),
                 config.firewall.state_dir.clone(),
                 Arc::clone(&metrics),
             )?)),

@@ -17,6 +17,7 @@ use crate::cache::{Cache, CacheKey, CacheLimits, Entry};
 use crate::config::{BlockAction, Config, FailMode, SpecialConfig};
 use crate::dns::special::{Special, SpecialReply};
 use crate::dns::wire::{self, Query, QueryError};
+use crate::firewall::table::proto_number;
 use crate::firewall::{ElemKey, Firewall, Want};
 use crate::metrics::Metrics;
 use crate::policy::{Action, Policy};
@@ -374,18 +375,26 @@ impl Handler {
             let zone_name = &self.zone_names[usize::from(zone)];
             for h in entry.handouts() {
                 let ttl = h.ttl.saturating_sub(age).min(self.settings.ttl_cap);
-                for p in &def.ports {
-                    wants.push(Want {
-                        key: ElemKey {
-                            addr: h.addr,
-                            proto: p.proto,
-                            port: p.port,
-                        },
-                        timeout_ms: lifetimes.timeout_ms(ttl),
-                        needed_ms: lifetimes.needed_ms(ttl),
-                        zone: Arc::clone(zone_name),
-                        name: Arc::clone(zone_name),
-                    });
+                let want = |set, proto, port| Want {
+                    key: ElemKey {
+                        set,
+                        addr: h.addr,
+                        proto,
+                        port,
+                    },
+                    timeout_ms: lifetimes.timeout_ms(ttl),
+                    needed_ms: lifetimes.needed_ms(ttl),
+                    zone: Arc::clone(zone_name),
+                    name: Arc::clone(zone_name),
+                };
+                for (set, set_ref) in fw.sets_for(zone, &h.addr) {
+                    if set_ref.ports {
+                        for p in &def.ports {
+                            wants.push(want(set, proto_number(p.proto), p.port));
+                        }
+                    } else {
+                        wants.push(want(set, 0, 0));
+                    }
                 }
             }
         }

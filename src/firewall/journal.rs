@@ -1,8 +1,10 @@
 //! The journal: live elements on disk, so that a restart (or a reboot) restores the sets.
 //!
 //! Owns the file format, one element a line, appended after every acknowledged batch:
-//! `EXPIRES_UNIX_MS ADDR tcp|udp PORT ZONE NAME`. Loading keeps the elements that have not
-//! expired and rewrites the file compacted. It does not talk to the kernel.
+//! `EXPIRES_UNIX_MS ADDR PROTO PORT ZONE NAME FAMILY TABLE SET` (PROTO is the IP protocol
+//! number, 0 with PORT 0 for sets of plain addresses). Loading keeps the elements that have
+//! not expired and whose set is still configured, and rewrites the file compacted. It does not
+//! talk to the kernel.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -11,8 +13,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::firewall::SetRef;
 use crate::firewall::table::{ElemKey, Live, Want};
-use crate::policy::Proto;
 
 #[derive(Debug, Error)]
 pub enum JournalError {
@@ -37,7 +39,8 @@ impl Journal {
     /// Opens (creating the folder if needed) and loads the journal at `dir/allowlist.journal`.
     /// Returns the journal and the elements still alive at `now_ms`; malformed lines are skipped
     /// and counted in the second value.
-    pub fn open(dir: &Path, now_ms: u64) -> Result<Loaded, JournalError> {
+    /// `sets` are the labels (`family table set`) of the configured sets, by index.
+    pub fn open(dir: &Path, sets: &[String], now_ms: u64) -> Result<Loaded, JournalError> {
         let path = dir.join("allowlist.journal");
         let io = |source| JournalError::Io {
             path: path.clone(),
@@ -49,7 +52,7 @@ impl Journal {
         if let Ok(f) = File::open(&path) {
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(io)?;
-                match parse_line(&line) {
+                match parse_line(&line, sets) {
                     Some((k, l)) if l.expires_ms > now_ms => {
                         let keep = live.get(&k).is_none_or(|old| old.expires_ms < l.expires_ms);
                         if keep {
@@ -68,7 +71,9 @@ impl Journal {
         {
             let mut f = File::create(&tmp).map_err(io)?;
             for (k, l) in &entries {
-                writeln!(f, "{}", format_line(k, l)).map_err(io)?;
+                if let Some(label) = sets.get(usize::from(k.set)) {
+                    writeln!(f, "{}", format_line(k, l, label)).map_err(io)?;
+                }
             }
             f.sync_all().map_err(io)?;
         }
@@ -86,15 +91,23 @@ impl Journal {
     }
 
     /// Appends acknowledged elements.
-    pub fn append(&mut self, written: &[Want], now_ms: u64) -> Result<(), JournalError> {
+    pub fn append(
+        &mut self,
+        written: &[Want],
+        sets: &[SetRef],
+        now_ms: u64,
+    ) -> Result<(), JournalError> {
         let mut text = String::new();
         for w in written {
+            let Some(set) = sets.get(usize::from(w.key.set)) else {
+                continue;
+            };
             let live = Live {
                 expires_ms: now_ms + w.timeout_ms,
                 zone: Arc::clone(&w.zone),
                 name: Arc::clone(&w.name),
             };
-            text.push_str(&format_line(&w.key, &live));
+            text.push_str(&format_line(&w.key, &live, &set.label()));
             text.push('\n');
         }
         self.lines += written.len();
@@ -107,7 +120,11 @@ impl Journal {
     }
 
     /// Rewrites the file with only `live` when it has grown to more than twice that.
-    pub fn compact_if_large(&mut self, live: &[(ElemKey, Live)]) -> Result<(), JournalError> {
+    pub fn compact_if_large(
+        &mut self,
+        live: &[(ElemKey, Live)],
+        sets: &[SetRef],
+    ) -> Result<(), JournalError> {
         if self.lines <= 2 * live.len() + 1024 {
             return Ok(());
         }
@@ -121,7 +138,10 @@ impl Journal {
             let mut f = File::create(&tmp).map_err(io)?;
             let mut text = String::new();
             for (k, l) in live {
-                text.push_str(&format_line(k, l));
+                let Some(set) = sets.get(usize::from(k.set)) else {
+                    continue;
+                };
+                text.push_str(&format_line(k, l, &set.label()));
                 text.push('\n');
             }
             f.write_all(text.as_bytes()).map_err(io)?;
@@ -137,31 +157,30 @@ impl Journal {
     }
 }
 
-fn format_line(k: &ElemKey, l: &Live) -> String {
-    let proto = match k.proto {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    };
+fn format_line(k: &ElemKey, l: &Live, set: &str) -> String {
     format!(
-        "{} {} {} {} {} {}",
-        l.expires_ms, k.addr, proto, k.port, l.zone, l.name
+        "{} {} {} {} {} {} {set}",
+        l.expires_ms, k.addr, k.proto, k.port, l.zone, l.name
     )
 }
 
-fn parse_line(line: &str) -> Option<(ElemKey, Live)> {
+fn parse_line(line: &str, sets: &[String]) -> Option<(ElemKey, Live)> {
     let mut it = line.split(' ');
     let expires_ms = it.next()?.parse().ok()?;
     let addr = it.next()?.parse().ok()?;
-    let proto = match it.next()? {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        _ => return None,
-    };
+    let proto = it.next()?.parse().ok()?;
     let port = it.next()?.parse().ok()?;
     let zone: Arc<str> = it.next()?.into();
     let name: Arc<str> = it.next()?.into();
+    let label = it.collect::<Vec<_>>().join(" ");
+    let set = sets.iter().position(|s| *s == label)?;
     Some((
-        ElemKey { addr, proto, port },
+        ElemKey {
+            set: u16::try_from(set).ok()?,
+            addr,
+            proto,
+            port,
+        },
         Live {
             expires_ms,
             zone,
@@ -177,12 +196,27 @@ mod tests {
     #[test]
     fn survives_a_restart_and_drops_expired_and_garbage() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (mut j, live, _) = Journal::open(dir.path(), 1_000).expect("open");
+        let labels = vec![
+            "inet pinhole allow4".to_string(),
+            "inet pinhole allow6".to_string(),
+        ];
+        let sets: Vec<SetRef> = [("allow4", false), ("allow6", true)]
+            .iter()
+            .map(|(n, v6)| SetRef {
+                family: crate::firewall::nft::Family::Inet,
+                table: "pinhole".into(),
+                name: (*n).into(),
+                v6: *v6,
+                ports: true,
+            })
+            .collect();
+        let (mut j, live, _) = Journal::open(dir.path(), &labels, 1_000).expect("open");
         assert!(live.is_empty());
         let w = |a: &str, t| Want {
             key: ElemKey {
+                set: 0,
                 addr: a.parse().expect("ip"),
-                proto: Proto::Tcp,
+                proto: 6,
                 port: 443,
             },
             timeout_ms: t,
@@ -190,15 +224,19 @@ mod tests {
             zone: "apple".into(),
             name: "mesu.apple.com".into(),
         };
-        j.append(&[w("192.0.2.1", 60_000), w("2001:db8::1", 5_000)], 1_000)
-            .expect("append");
+        j.append(
+            &[w("192.0.2.1", 60_000), w("2001:db8::1", 5_000)],
+            &sets,
+            1_000,
+        )
+        .expect("append");
         drop(j);
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("allowlist.journal"))
             .and_then(|mut f| f.write_all(b"garbage line\n"))
             .expect("garbage");
-        let (_, live, bad) = Journal::open(dir.path(), 10_000).expect("reopen");
+        let (_, live, bad) = Journal::open(dir.path(), &labels, 10_000).expect("reopen");
         assert_eq!(bad, 1);
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].0.addr.to_string(), "192.0.2.1");

@@ -1,30 +1,32 @@
 //! The firewall side: every address handed out for an approved name is in an nftables set,
 //! on its zone's ports, before the answer leaves.
 //!
-//! Owns the allowlist table, the writer thread that group-commits the set writes of all
-//! concurrent requests into one netlink batch, the journal, the repair after a firewall
-//! reload, and the ruleset text. It never decides policy and never answers queries: the
-//! request path asks it to open elements and waits for the acknowledgement.
+//! Owns the sets pinhole writes to (managed: its own table; external: the administrator's
+//! sets, checked at start), the allowlist table, the writer thread that group-commits the set
+//! writes of all concurrent requests into one netlink batch, the journal, the repair after a
+//! firewall reload, and the ruleset text. It never decides policy and never answers queries:
+//! the request path asks it to open elements and waits for the acknowledgement.
 
 pub mod journal;
 pub mod nft;
 pub mod ruleset;
 pub mod table;
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::mpsc;
 use thiserror::Error;
-
 use tokio::sync::oneshot;
 
-use crate::config::FirewallConfig;
+use crate::config::{FirewallConfig, FirewallMode};
 use crate::metrics::Metrics;
+use crate::policy::ZoneDef;
 use journal::Journal;
-use nft::{Element, Family, KeyType, Nft, SetFlags, SetSpec};
+use nft::{Element, Family, Key, KeyType, Nft, SetFlags, SetSpec};
 pub use table::{AllowTable, ElemKey, Lifetimes, Live, Want, now_ms};
 
 #[derive(Debug, Error)]
@@ -36,6 +38,8 @@ pub enum FirewallError {
         table: String,
         source: nft::NftError,
     },
+    #[error("{0}")]
+    Check(String),
     #[error("cannot open a netlink socket: {0}")]
     Socket(std::io::Error),
     #[error(transparent)]
@@ -44,6 +48,38 @@ pub enum FirewallError {
     Write(String),
     #[error("set write missed its deadline of {0:?}")]
     Deadline(Duration),
+}
+
+/// A set pinhole writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRef {
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    /// Holds IPv6 addresses (else IPv4).
+    pub v6: bool,
+    /// Elements are `addr . proto . port` (else the address alone).
+    pub ports: bool,
+}
+
+impl SetRef {
+    /// `family table set`, as in zone files and the journal.
+    pub fn label(&self) -> String {
+        format!("{} {} {}", self.family, self.table, self.name)
+    }
+}
+
+/// Parses `family table set` (family: inet, ip or ip6).
+pub fn parse_set_label(s: &str) -> Option<(Family, String, String)> {
+    let mut it = s.split_whitespace();
+    let family = match it.next()? {
+        "inet" => Family::Inet,
+        "ip" => Family::Ip,
+        "ip6" => Family::Ip6,
+        _ => return None,
+    };
+    let (table, set) = (it.next()?.to_string(), it.next()?.to_string());
+    it.next().is_none().then_some((family, table, set))
 }
 
 /// A batch request: elements to write, and where to say how it went.
@@ -56,66 +92,92 @@ struct WriteReq {
 pub struct Firewall {
     table: Arc<Mutex<AllowTable>>,
     tx: mpsc::Sender<WriteReq>,
+    sets: Arc<Vec<SetRef>>,
+    /// Per zone (by `ZoneId`), the indexes of its sets.
+    zone_sets: Vec<Vec<u16>>,
     lifetimes: Lifetimes,
     deadline: Duration,
-    table_name: String,
+    mode: FirewallMode,
 }
 
-/// Sets of the managed table.
-fn managed_sets() -> [SetSpec; 2] {
+fn managed_specs() -> [SetSpec; 2] {
     [
         SetSpec::new(ruleset::SET4, KeyType::V4Port).with_flags(SetFlags::TIMEOUT),
         SetSpec::new(ruleset::SET6, KeyType::V6Port).with_flags(SetFlags::TIMEOUT),
     ]
 }
 
-fn set_for(addr: &IpAddr) -> &'static str {
-    if addr.is_ipv4() {
-        ruleset::SET4
+fn element(set: &SetRef, w: &Want, now_ms: u64, expires_ms: Option<u64>) -> Element {
+    let timeout = Duration::from_millis(w.timeout_ms);
+    let mut e = if set.ports {
+        Element::port(w.key.addr, w.key.proto, w.key.port, timeout)
     } else {
-        ruleset::SET6
-    }
-}
-
-fn element(w: &Want, now_ms: u64, expires_ms: Option<u64>) -> Element {
-    let mut e = Element::port(
-        w.key.addr,
-        w.key.proto_number(),
-        w.key.port,
-        Duration::from_millis(w.timeout_ms),
-    );
+        Element {
+            key: Key::Addr(w.key.addr),
+            timeout: Some(timeout),
+            expires: Some(timeout),
+        }
+    };
     // Replays give the time left, so an element is not extended by a restart.
     if let Some(exp) = expires_ms {
-        e.expires = Some(Duration::from_millis(exp.saturating_sub(now_ms).max(1000)));
+        e.expires = Some(Duration::from_millis(
+            exp.saturating_sub(now_ms)
+                .clamp(1000, w.timeout_ms.max(1000)),
+        ));
     }
     e
 }
 
 impl Firewall {
-    /// Managed mode: creates `table inet <table>` and its sets, restores the journal from
-    /// `state_dir` into the kernel, and starts the writer thread and the repair watch.
-    pub fn start_managed(
+    /// Sets up the sets (managed: creates `table inet <table>`; external: checks the sets the
+    /// zones name), restores the journal from `state_dir` into the kernel, and starts the
+    /// writer thread, which also repairs a wiped managed table.
+    pub fn start(
         cfg: &FirewallConfig,
+        zones: &[ZoneDef],
         state_dir: Option<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Firewall, FirewallError> {
         let mut nft = Nft::open().map_err(FirewallError::Socket)?;
-        let table_name = cfg.table.clone();
-        nft.create_table_and_sets(Family::Inet, &table_name, &managed_sets())
-            .map_err(|source| FirewallError::Setup {
-                table: table_name.clone(),
-                source,
-            })?;
+        let (sets, zone_sets) = match cfg.mode {
+            FirewallMode::External => external_sets(&mut nft, zones)?,
+            _ => {
+                nft.create_table_and_sets(Family::Inet, &cfg.table, &managed_specs())
+                    .map_err(|source| FirewallError::Setup {
+                        table: cfg.table.clone(),
+                        source,
+                    })?;
+                let sets = vec![
+                    SetRef {
+                        family: Family::Inet,
+                        table: cfg.table.clone(),
+                        name: ruleset::SET4.into(),
+                        v6: false,
+                        ports: true,
+                    },
+                    SetRef {
+                        family: Family::Inet,
+                        table: cfg.table.clone(),
+                        name: ruleset::SET6.into(),
+                        v6: true,
+                        ports: true,
+                    },
+                ];
+                (sets, vec![vec![0, 1]; zones.len()])
+            }
+        };
+        let sets = Arc::new(sets);
         let table = Arc::new(Mutex::new(AllowTable::default()));
         let mut journal = None;
         if let Some(dir) = state_dir {
             let now = now_ms();
-            let (j, live, bad) = Journal::open(&dir, now)?;
+            let labels: Vec<String> = sets.iter().map(SetRef::label).collect();
+            let (j, live, bad) = Journal::open(&dir, &labels, now)?;
             if bad > 0 {
-                tracing::warn!(bad, dir = %dir.display(), "skipped malformed journal lines");
+                tracing::warn!(bad, dir = %dir.display(), "skipped malformed or stale journal lines");
             }
             if !live.is_empty() {
-                replay(&mut nft, &table_name, &live, now)
+                replay(&mut nft, &sets, &live, now)
                     .map_err(|e| FirewallError::Write(e.to_string()))?;
                 tracing::info!(
                     elements = live.len(),
@@ -134,7 +196,9 @@ impl Firewall {
             nft,
             table: Arc::clone(&table),
             journal,
-            table_name: table_name.clone(),
+            sets: Arc::clone(&sets),
+            managed: cfg.mode != FirewallMode::External,
+            managed_table: cfg.table.clone(),
             metrics,
         };
         std::thread::Builder::new()
@@ -144,13 +208,15 @@ impl Firewall {
         Ok(Firewall {
             table,
             tx,
+            sets,
+            zone_sets,
             lifetimes: Lifetimes {
                 grace_s: cfg.grace_s,
                 floor_s: cfg.timeout_floor_s,
                 ceiling_s: cfg.timeout_ceiling_s,
             },
             deadline: Duration::from_millis(cfg.write_deadline_ms),
-            table_name,
+            mode: cfg.mode,
         })
     }
 
@@ -158,8 +224,22 @@ impl Firewall {
         self.lifetimes
     }
 
-    pub fn table_name(&self) -> &str {
-        &self.table_name
+    pub fn mode(&self) -> FirewallMode {
+        self.mode
+    }
+
+    pub fn sets(&self) -> &[SetRef] {
+        &self.sets
+    }
+
+    /// The sets of `zone` that take addresses of `addr`'s family.
+    pub fn sets_for(&self, zone: u16, addr: &IpAddr) -> impl Iterator<Item = (u16, &SetRef)> {
+        self.zone_sets
+            .get(usize::from(zone))
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.sets.get(usize::from(i)).map(|s| (i, s)))
+            .filter(move |(_, s)| s.v6 == addr.is_ipv6())
     }
 
     /// The wants that need a kernel write (their element would expire too early).
@@ -203,20 +283,148 @@ impl Firewall {
     }
 }
 
+/// External mode: the sets the zones name must exist with a fitting type and `flags timeout`.
+/// Every problem is reported at once, each with the `nft` command that fixes it.
+fn external_sets(
+    nft: &mut Nft,
+    zones: &[ZoneDef],
+) -> Result<(Vec<SetRef>, Vec<Vec<u16>>), FirewallError> {
+    let mut sets: Vec<SetRef> = Vec::new();
+    let mut zone_sets = Vec::with_capacity(zones.len());
+    let mut problems = String::new();
+    for z in zones {
+        let mut mine = Vec::new();
+        for label in &z.sets {
+            let Some((family, table, name)) = parse_set_label(label) else {
+                let _ = writeln!(
+                    problems,
+                    "zone {} ({}): set {label:?} is not \"family table set\"",
+                    z.name,
+                    z.file.display()
+                );
+                continue;
+            };
+            if let Some(i) = sets
+                .iter()
+                .position(|s| s.family == family && s.table == table && s.name == name)
+            {
+                mine.push(i as u16);
+                continue;
+            }
+            let fix_create = format!(
+                "nft add table {family} {table}; nft add set {family} {table} {name} '{{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}'  (or ipv6_addr for IPv6, or a plain ipv4_addr/ipv6_addr set without ports)"
+            );
+            match nft.get_set(family, &table, &name) {
+                Ok(None) => {
+                    let _ = writeln!(
+                        problems,
+                        "zone {}: set {family} {table} {name} does not exist\n  fix: {fix_create}",
+                        z.name
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        problems,
+                        "zone {}: cannot read set {family} {table} {name}: {e}",
+                        z.name
+                    );
+                }
+                Ok(Some(info)) => {
+                    let kind = match info.key {
+                        Some(KeyType::V4Port) => Some((false, true)),
+                        Some(KeyType::V6Port) => Some((true, true)),
+                        Some(KeyType::V4Net) if !info.flags.contains(SetFlags::INTERVAL) => {
+                            Some((false, false))
+                        }
+                        Some(KeyType::V6Net) if !info.flags.contains(SetFlags::INTERVAL) => {
+                            Some((true, false))
+                        }
+                        _ => None,
+                    };
+                    match kind {
+                        None => {
+                            let _ = writeln!(
+                                problems,
+                                "zone {}: set {family} {table} {name} has a type pinhole cannot write (it needs ipv4_addr . inet_proto . inet_service, ipv6_addr . inet_proto . inet_service, or a plain ipv4_addr/ipv6_addr set)\n  fix: nft delete set {family} {table} {name}; {fix_create}",
+                                z.name
+                            );
+                        }
+                        Some(_) if !info.flags.contains(SetFlags::TIMEOUT) => {
+                            let _ = writeln!(
+                                problems,
+                                "zone {}: set {family} {table} {name} lacks `flags timeout`, so its elements could never expire\n  fix: recreate it with flags timeout: nft delete set {family} {table} {name}; {fix_create}",
+                                z.name
+                            );
+                        }
+                        Some((v6, ports)) => {
+                            mine.push(sets.len() as u16);
+                            sets.push(SetRef {
+                                family,
+                                table,
+                                name,
+                                v6,
+                                ports,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        zone_sets.push(mine);
+    }
+    if problems.is_empty() {
+        Ok((sets, zone_sets))
+    } else {
+        Err(FirewallError::Check(format!(
+            "external firewall sets are not usable:\n{problems}"
+        )))
+    }
+}
+
+/// Writes `wants` to their sets: one `add_elements` per table (one batch each).
+fn write_grouped(
+    nft: &mut Nft,
+    sets: &[SetRef],
+    items: &[(&Want, Option<u64>)],
+    now: u64,
+) -> Result<(), nft::NftError> {
+    let mut tables: Vec<(Family, &str)> = Vec::new();
+    for s in sets {
+        if !tables.contains(&(s.family, s.table.as_str())) {
+            tables.push((s.family, s.table.as_str()));
+        }
+    }
+    for (family, table) in tables {
+        let elems: Vec<(&str, Element)> = items
+            .iter()
+            .filter_map(|(w, exp)| {
+                let set = sets.get(usize::from(w.key.set))?;
+                (set.family == family && set.table == table)
+                    .then(|| (set.name.as_str(), element(set, w, now, *exp)))
+            })
+            .collect();
+        for chunk in elems.chunks(4000) {
+            nft.add_elements(family, table, chunk)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the live elements again with the time they have left.
 fn replay(
     nft: &mut Nft,
-    table: &str,
+    sets: &[SetRef],
     live: &[(ElemKey, Live)],
     now: u64,
 ) -> Result<(), nft::NftError> {
     let wants: Vec<(Want, u64)> = live
         .iter()
         .map(|(k, l)| {
+            let left = l.expires_ms.saturating_sub(now).max(1000);
             (
                 Want {
                     key: *k,
-                    timeout_ms: l.expires_ms.saturating_sub(now).max(1000),
+                    timeout_ms: left,
                     needed_ms: 0,
                     zone: Arc::clone(&l.zone),
                     name: Arc::clone(&l.name),
@@ -225,30 +433,26 @@ fn replay(
             )
         })
         .collect();
-    let elems: Vec<(&str, Element)> = wants
-        .iter()
-        .map(|(w, exp)| (set_for(&w.key.addr), element(w, now, Some(*exp))))
-        .collect();
-    for chunk in elems.chunks(2000) {
-        nft.add_elements(Family::Inet, table, chunk)?;
-    }
-    Ok(())
+    let items: Vec<(&Want, Option<u64>)> = wants.iter().map(|(w, e)| (w, Some(*e))).collect();
+    write_grouped(nft, sets, &items, now)
 }
 
 /// The writer thread: gathers every pending request into one batch, sends it, waits for the
-/// acknowledgement, records it, answers every request. Between batches it checks once a
-/// second (or less) that the table and sets are still there and repairs them if not.
+/// acknowledgement, records it, answers every request. Between batches it checks twice a
+/// second that a managed table and its sets are still there and repairs them if not.
 struct Writer {
     nft: Nft,
     table: Arc<Mutex<AllowTable>>,
     journal: Option<Journal>,
-    table_name: String,
+    sets: Arc<Vec<SetRef>>,
+    managed: bool,
+    managed_table: String,
     metrics: Arc<Metrics>,
 }
 
 /// Requests per batch at most.
 const MAX_BATCH_REQUESTS: usize = 512;
-/// How often the table's presence is checked when idle.
+/// How often the table's presence is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Writer {
@@ -287,23 +491,22 @@ impl Writer {
                 *e = w;
             }
         }
-        let elems: Vec<(&str, Element)> = unique
-            .values()
-            .map(|w| (set_for(&w.key.addr), element(w, now, None)))
-            .collect();
+        let items: Vec<(&Want, Option<u64>)> = unique.values().map(|w| (*w, None)).collect();
         let started = Instant::now();
-        let result = self
-            .nft
-            .add_elements(Family::Inet, &self.table_name, &elems);
-        let took = started.elapsed();
+        let result = write_grouped(&mut self.nft, &self.sets, &items, now);
+        let took = started.elapsed().as_micros() as u64;
         Metrics::inc(&self.metrics.nft_batches_total);
         self.metrics
             .nft_elements_total
-            .fetch_add(elems.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.nft_write_micros_total.fetch_add(
-            took.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+            .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .nft_write_micros_total
+            .fetch_add(took, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.histograms.nft_write_us.observe(took);
+        self.metrics
+            .histograms
+            .nft_batch_elements
+            .observe(items.len() as u64);
         let outcome = match result {
             Ok(()) => {
                 let all: Vec<Want> = reqs.iter().flat_map(|r| r.wants.iter().cloned()).collect();
@@ -311,27 +514,14 @@ impl Writer {
                     t.commit(&all, now);
                     t.expire(now);
                 }
-                if let Some(j) = self.journal.as_mut() {
-                    if let Err(e) = j.append(&all, now) {
-                        Metrics::inc(&self.metrics.journal_errors_total);
-                        tracing::warn!(error = %e, "journal write failed; a restart may lose these elements");
-                    }
-                    let live = self
-                        .table
-                        .lock()
-                        .map(|t| t.snapshot(now))
-                        .unwrap_or_default();
-                    if let Err(e) = j.compact_if_large(&live) {
-                        Metrics::inc(&self.metrics.journal_errors_total);
-                        tracing::warn!(error = %e, "journal compaction failed");
-                    }
-                }
+                self.journal_append(&all, now);
                 Ok(())
             }
             Err(e) => {
                 Metrics::inc(&self.metrics.nft_errors_total);
-                tracing::error!(error = %e, elements = elems.len(), table = %self.table_name, "nftables batch failed");
-                // A wiped table is the usual cause: repair, so that the next batch succeeds.
+                let sets: Vec<String> = self.sets.iter().map(SetRef::label).collect();
+                tracing::error!(error = %e, elements = items.len(), sets = ?sets, "nftables batch failed; answers that needed it get SERVFAIL unless on_failure = \"open\"");
+                // A wiped managed table is the usual cause: repair, so that the next batch succeeds.
                 self.repair_if_wiped();
                 Err(e.to_string())
             }
@@ -341,12 +531,34 @@ impl Writer {
         }
     }
 
-    /// If a firewall reload removed the table or a set, recreates them and writes every live
-    /// element again.
+    fn journal_append(&mut self, all: &[Want], now: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if let Err(e) = j.append(all, &self.sets, now) {
+            Metrics::inc(&self.metrics.journal_errors_total);
+            tracing::warn!(error = %e, "journal write failed; a restart may lose these elements");
+        }
+        let live = self
+            .table
+            .lock()
+            .map(|t| t.snapshot(now))
+            .unwrap_or_default();
+        if let Err(e) = j.compact_if_large(&live, &self.sets) {
+            Metrics::inc(&self.metrics.journal_errors_total);
+            tracing::warn!(error = %e, "journal compaction failed");
+        }
+    }
+
+    /// If a firewall reload removed the managed table or a set, recreates them and writes
+    /// every live element again. External sets belong to the administrator: not recreated.
     fn repair_if_wiped(&mut self) {
+        if !self.managed {
+            return;
+        }
         let mut present = true;
         for set in [ruleset::SET4, ruleset::SET6] {
-            match self.nft.get_set(Family::Inet, &self.table_name, set) {
+            match self.nft.get_set(Family::Inet, &self.managed_table, set) {
                 Ok(Some(_)) => {}
                 Ok(None) => present = false,
                 Err(e) => {
@@ -367,14 +579,14 @@ impl Writer {
             .unwrap_or_default();
         let result = self
             .nft
-            .create_table_and_sets(Family::Inet, &self.table_name, &managed_sets())
-            .and_then(|()| replay(&mut self.nft, &self.table_name, &live, now));
+            .create_table_and_sets(Family::Inet, &self.managed_table, &managed_specs())
+            .and_then(|()| replay(&mut self.nft, &self.sets, &live, now));
         match result {
             Ok(()) => {
-                tracing::warn!(table = %self.table_name, elements = live.len(), "nftables table or sets were removed (firewall reload?); recreated them and replayed the live elements")
+                tracing::warn!(table = %self.managed_table, elements = live.len(), "nftables table or sets were removed (firewall reload?); recreated them and replayed the live elements")
             }
             Err(e) => {
-                tracing::error!(table = %self.table_name, error = %e, "nftables table or sets were removed and could not be recreated")
+                tracing::error!(table = %self.managed_table, error = %e, "nftables table or sets were removed and could not be recreated")
             }
         }
     }

@@ -395,6 +395,9 @@ pub enum Key {
         /// Port, host byte order.
         port: u16,
     },
+    /// One address, for plain (non-interval) sets of [`KeyType::V4Net`]/[`KeyType::V6Net`],
+    /// as dnsmasq's `--nftset` writes them.
+    Addr(IpAddr),
     /// A CIDR, for `interval` sets of [`KeyType::V4Net`]/[`KeyType::V6Net`].
     /// Host bits of `addr` are ignored. Sent as a start element plus an
     /// interval-end element (as `nft` does for the rbtree backend).
@@ -755,6 +758,7 @@ fn encode_element(b: &mut MsgBuf, e: &Element) -> Result<()> {
         Key::Port { addr, proto, port } => {
             put_elem(b, &port_key(addr, proto, port), 0, e.timeout, e.expires)
         }
+        Key::Addr(addr) => put_elem(b, &addr_bytes(addr), 0, e.timeout, e.expires),
         Key::Net { addr, prefix_len } => {
             let (start, end) = cidr_bounds(addr, prefix_len)?;
             put_elem(b, &addr_bytes(start), 0, e.timeout, e.expires)?;

@@ -10,21 +10,23 @@ use std::sync::Arc;
 
 use crate::policy::Proto;
 
-/// One set element: an address open on one protocol and port.
+/// One set element: an address open on one protocol and port, in one set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ElemKey {
+    /// Index of the set in the firewall's set list.
+    pub set: u16,
     pub addr: IpAddr,
-    pub proto: Proto,
+    /// IP protocol number (6 tcp, 17 udp); 0 for sets of plain addresses.
+    pub proto: u8,
+    /// 0 for sets of plain addresses.
     pub port: u16,
 }
 
-impl ElemKey {
-    /// The IP protocol number nftables stores (`meta l4proto`).
-    pub fn proto_number(&self) -> u8 {
-        match self.proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
+/// The IP protocol number nftables stores (`meta l4proto`).
+pub fn proto_number(proto: Proto) -> u8 {
+    match proto {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
     }
 }
 
@@ -171,8 +173,9 @@ mod tests {
     fn want(addr: &str, timeout_ms: u64) -> Want {
         Want {
             key: ElemKey {
+                set: 0,
                 addr: addr.parse().expect("ip"),
-                proto: Proto::Tcp,
+                proto: 6,
                 port: 443,
             },
             timeout_ms,

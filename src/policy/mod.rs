@@ -278,6 +278,7 @@ mod tests {
                 .iter()
                 .map(|h| zonefile::parse_pattern(h).expect("pattern"))
                 .collect(),
+            sets: vec![],
             file: PathBuf::from("zones/t.toml"),
             line: 1,
         }

@@ -93,6 +93,8 @@ struct RawZone {
     ports: Vec<Spanned<String>>,
     #[serde(default)]
     hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    sets: Vec<Spanned<String>>,
 }
 
 fn default_action() -> ZoneAction {
@@ -114,6 +116,8 @@ pub struct ZoneDef {
     pub action: ZoneAction,
     pub ports: Vec<PortRule>,
     pub patterns: Vec<Pattern>,
+    /// External firewall mode: the sets (`family table set`) that receive this zone's addresses.
+    pub sets: Vec<String>,
     pub file: PathBuf,
     /// Line of the zone's `name` key, for `explain`.
     pub line: usize,
@@ -168,6 +172,25 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 }
             }
         }
+        let mut sets = Vec::with_capacity(raw.sets.len());
+        for set in &raw.sets {
+            if crate::firewall::parse_set_label(set.get_ref()).is_some() {
+                sets.push(
+                    set.get_ref()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            } else {
+                found.push(Diagnostic::at(
+                    path,
+                    text,
+                    Some(set.span()),
+                    format!("set {:?} is not \"family table set\"", set.get_ref()),
+                    "write e.g. \"inet filter apple4\" (family inet, ip or ip6)",
+                ));
+            }
+        }
         let ok = found.is_empty();
         found.sort_by_key(|d| (d.line, d.column));
         problems.append(&mut found);
@@ -179,6 +202,7 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 action: raw.action,
                 ports,
                 patterns,
+                sets,
                 file: path.to_path_buf(),
                 line,
             });

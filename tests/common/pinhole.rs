@@ -192,8 +192,9 @@ pub async fn start_with_firewall_in(
     let fw_cfg = config.firewall.clone();
     let state = fw_cfg.state_dir.clone();
     let m = Arc::clone(&metrics);
+    let zones = policy.zones().to_vec();
     let fw = super::netns::run_in(ns, move || {
-        pinhole::firewall::Firewall::start_managed(&fw_cfg, state, m)
+        pinhole::firewall::Firewall::start(&fw_cfg, &zones, state, m)
     })
     .unwrap_or_else(|e| panic!("firewall: {e}"));
     let fw = Arc::new(fw);
