@@ -341,3 +341,80 @@ async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_i
     );
     assert!(control.exists());
 }
+
+#[tokio::test]
+async fn external_sets_are_checked_written_and_a_deleted_set_fails_closed() {
+    let ns = NetNs::new();
+    ns.exec(
+        "nft",
+        &["add table inet filter; add set inet filter apple4 { type ipv4_addr; flags timeout; }; add set inet filter apple6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }"],
+    );
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let zones = r#"
+[[zone]]
+name = "ext"
+ports = ["tcp/443"]
+hosts = ["*.example.test"]
+sets = ["inet filter apple4", "inet filter apple6"]
+"#;
+    let cfg = fw_config(state.path(), "").replace("mode = \"managed\"", "mode = \"external\"");
+    // A zone naming a set that does not exist: start-up fails and says how to fix it.
+    let bad = Setup::new(&cfg, &[up.addr], &zones.replace("apple6", "nosuch"));
+    let (config, policy) = bad.load();
+    let zones_vec = policy.zones().to_vec();
+    let err = ns
+        .run(move || {
+            ::pinhole::firewall::Firewall::start(
+                &config.firewall,
+                &zones_vec,
+                None,
+                std::sync::Arc::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        })
+        .expect("start must fail");
+    assert!(
+        err.contains("set inet filter nosuch does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("nft add set inet filter nosuch"), "{err}");
+
+    let setup = Setup::new(&cfg, &[up.addr], zones);
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    query_udp(p.addr, "www.example.test.", RecordType::AAAA, None).await;
+    let listed = ns.run(|| {
+        let mut nft = Nft::open().expect("nl");
+        (
+            nft.list_elements(Family::Inet, "filter", "apple4")
+                .expect("list4"),
+            nft.list_elements(Family::Inet, "filter", "apple6")
+                .expect("list6"),
+        )
+    });
+    assert_eq!(listed.0.len(), 1);
+    assert_eq!(
+        listed.0[0].key,
+        ListedKey::Addr("192.0.2.1".parse().expect("ip"))
+    );
+    assert!(listed.0[0].timeout.is_some());
+    assert_eq!(
+        listed.1.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+        [ListedKey::Port {
+            addr: "2001:db8::10".parse().expect("ip"),
+            proto: 6,
+            port: 443
+        }]
+    );
+    // The administrator deletes a set: answers that need it get SERVFAIL (fail-closed).
+    ns.exec("nft", &["delete", "set", "inet", "filter", "apple4"]);
+    let m = query_udp(p.addr, "short.example.test.", RecordType::A, Some(1232)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(pinhole::metric(&p.metrics, "firewall_failures_total") >= 1);
+    assert!(pinhole::metric(&p.metrics, "nft_errors_total") >= 1);
+    // IPv6 still works: its set is there.
+    let m = query_udp(p.addr, "www.example.test.", RecordType::AAAA, None).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}
