@@ -119,13 +119,18 @@ impl Journal {
             })
     }
 
+    /// Whether the file has grown to more than twice the `live` elements (plus slack).
+    pub fn needs_compaction(&self, live: usize) -> bool {
+        self.lines > 2 * live + 1024
+    }
+
     /// Rewrites the file with only `live` when it has grown to more than twice that.
     pub fn compact_if_large(
         &mut self,
         live: &[(ElemKey, Live)],
         sets: &[SetRef],
     ) -> Result<(), JournalError> {
-        if self.lines <= 2 * live.len() + 1024 {
+        if !self.needs_compaction(live.len()) {
             return Ok(());
         }
         let io = |source| JournalError::Io {

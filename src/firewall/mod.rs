@@ -467,6 +467,10 @@ impl Writer {
             };
             if last_check.elapsed() >= WATCH_INTERVAL {
                 self.repair_if_wiped();
+                // Forget what the kernel has dropped (O(live elements), so not per batch).
+                if let Ok(mut t) = self.table.lock() {
+                    t.expire(now_ms());
+                }
                 last_check = Instant::now();
             }
             let Some(first) = first else { continue };
@@ -512,7 +516,6 @@ impl Writer {
                 let all: Vec<Want> = reqs.iter().flat_map(|r| r.wants.iter().cloned()).collect();
                 if let Ok(mut t) = self.table.lock() {
                     t.commit(&all, now);
-                    t.expire(now);
                 }
                 self.journal_append(&all, now);
                 Ok(())
