@@ -39,6 +39,7 @@ fn handler() -> Handler {
         ports: vec![],
         patterns: vec![parse_pattern("*.bench.test").expect("pattern")],
         sets: vec![],
+        statics: vec![],
         file: "bench".into(),
         line: 1,
     });

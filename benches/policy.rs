@@ -25,6 +25,7 @@ fn zone() -> ZoneDef {
         ports: vec![],
         patterns,
         sets: vec![],
+        statics: vec![],
         file: PathBuf::from("bench"),
         line: 1,
     }

@@ -93,7 +93,13 @@ fn main() -> ExitCode {
         }),
         Command::Run { config } => run(&config),
         Command::Status { config } => status(&config),
-        Command::Ruleset { config } => load(&config).map(|(c, _)| {
+        Command::Ruleset { config } => load(&config).map(|(c, policy)| {
+            let statics: Vec<_> = policy
+                .zones()
+                .iter()
+                .filter(|z| !z.statics.is_empty())
+                .map(|z| (z.name.clone(), z.statics.clone(), z.ports.clone()))
+                .collect();
             let resolvers: Vec<std::net::IpAddr> = c
                 .server
                 .listen
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
                 pinhole::firewall::ruleset::render(&pinhole::firewall::ruleset::RulesetSpec {
                     table: &c.firewall.table,
                     resolvers: &resolvers,
+                    statics: &statics,
                 })
             );
         }),

@@ -418,3 +418,47 @@ sets = ["inet filter apple4", "inet filter apple6"]
     let m = query_udp(p.addr, "www.example.test.", RecordType::AAAA, None).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
+
+#[test]
+fn the_printed_ruleset_loads_into_the_kernel_with_static_networks_on_their_ports() {
+    let ns = NetNs::new();
+    let zones = r#"
+[[zone]]
+name = "apns"
+ports = ["tcp/443", "tcp/5223"]
+hosts = ["*.push.apple.com"]
+static = ["17.0.0.0/8", "2620:149:a44::/48"]
+"#;
+    let cfg = "[server]\nlisten = [\"192.0.2.53:53\"]\n[upstream]\nservers = [{upstreams}]\n";
+    let setup = Setup::new(cfg, &["127.0.0.1:53".parse().expect("addr")], zones);
+    let out = std::process::Command::new(pinhole::binary())
+        .args(["ruleset", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .expect("ruleset");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = setup.dir.path().join("rules.nft");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let p = path.to_str().expect("utf8");
+    ns.exec("nft", &["-f", p]);
+    // Twice: loading it again must work and must not duplicate rules.
+    ns.exec("nft", &["-f", p]);
+    let chain = ns.exec("nft", &["list", "chain", "inet", "pinhole", "forward"]);
+    let line = chain
+        .lines()
+        .find(|l| l.contains("ip daddr 17.0.0.0/8"))
+        .unwrap_or_else(|| panic!("{chain}"));
+    assert!(
+        line.contains("tcp . 443") && line.contains("tcp . 5223") && line.contains("accept"),
+        "{line}"
+    );
+    assert!(chain.contains("ip6 daddr 2620:149:a44::/48"), "{chain}");
+    assert_eq!(chain.matches("policy drop").count(), 1, "{chain}");
+    assert_eq!(chain.matches("@allow4").count(), 1, "{chain}");
+    let resolvers = ns.exec("nft", &["list", "set", "inet", "pinhole", "resolvers4"]);
+    assert!(resolvers.contains("192.0.2.53"), "{resolvers}");
+}

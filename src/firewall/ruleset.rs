@@ -11,6 +11,8 @@ pub struct RulesetSpec<'a> {
     pub table: &'a str,
     /// Addresses pinhole serves DNS on (DNS to them stays allowed; to anyone else it is dropped).
     pub resolvers: &'a [IpAddr],
+    /// Zones' static networks with their ports: (zone name, networks, ports).
+    pub statics: &'a [(String, Vec<ipnet::IpNet>, Vec<crate::policy::PortRule>)],
 }
 
 /// Set names inside the managed table.
@@ -87,6 +89,38 @@ pub fn render(spec: &RulesetSpec<'_>) -> String {
             r,
             "    {proto} dport {{ 53, 853 }} ip6 daddr != @resolvers6 counter drop"
         );
+    }
+    for (zone, nets, ports) in spec.statics {
+        if ports.is_empty() {
+            continue;
+        }
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|p| {
+                let proto = if p.proto == crate::policy::Proto::Tcp {
+                    "tcp"
+                } else {
+                    "udp"
+                };
+                format!("{proto} . {}", p.port)
+            })
+            .collect();
+        for (family, v6) in [("ip", false), ("ip6", true)] {
+            let list: Vec<String> = nets
+                .iter()
+                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                .map(|n| n.to_string())
+                .collect();
+            if !list.is_empty() {
+                let _ = writeln!(r, "    # zone {zone}: static networks");
+                let _ = writeln!(
+                    r,
+                    "    {family} daddr {{ {} }} meta l4proto . th dport {{ {} }} counter accept",
+                    list.join(", "),
+                    ports.join(", ")
+                );
+            }
+        }
     }
     let _ = writeln!(
         r,

@@ -279,6 +279,7 @@ mod tests {
                 .map(|h| zonefile::parse_pattern(h).expect("pattern"))
                 .collect(),
             sets: vec![],
+            statics: vec![],
             file: PathBuf::from("zones/t.toml"),
             line: 1,
         }

@@ -95,6 +95,8 @@ struct RawZone {
     hosts: Vec<Spanned<String>>,
     #[serde(default)]
     sets: Vec<Spanned<String>>,
+    #[serde(default, rename = "static")]
+    statics: Vec<Spanned<String>>,
 }
 
 fn default_action() -> ZoneAction {
@@ -118,6 +120,8 @@ pub struct ZoneDef {
     pub patterns: Vec<Pattern>,
     /// External firewall mode: the sets (`family table set`) that receive this zone's addresses.
     pub sets: Vec<String>,
+    /// Networks always open on this zone's ports (e.g. 17.0.0.0/8), without timeout.
+    pub statics: Vec<ipnet::IpNet>,
     pub file: PathBuf,
     /// Line of the zone's `name` key, for `explain`.
     pub line: usize,
@@ -191,6 +195,19 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 ));
             }
         }
+        let mut statics = Vec::with_capacity(raw.statics.len());
+        for net in &raw.statics {
+            match net.get_ref().trim().parse::<ipnet::IpNet>() {
+                Ok(n) => statics.push(n.trunc()),
+                Err(_) => found.push(Diagnostic::at(
+                    path,
+                    text,
+                    Some(net.span()),
+                    format!("static entry {:?} is not a network", net.get_ref()),
+                    "write a CIDR such as \"17.0.0.0/8\" or \"2620:149:a44::/48\"",
+                )),
+            }
+        }
         let ok = found.is_empty();
         found.sort_by_key(|d| (d.line, d.column));
         problems.append(&mut found);
@@ -203,6 +220,7 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 ports,
                 patterns,
                 sets,
+                statics,
                 file: path.to_path_buf(),
                 line,
             });
