@@ -531,21 +531,60 @@ hist() {
 # runs: the elements in set allow4 against the names dnsperf sent, and the
 # writer's metrics; one row of $FWRAW.
 fw_collect() {
-    local round=$1 out=$2 base=$TMP/pinhole/miss-fw.round$1 sent completed lost noerror setc m w b
+    local round=$1 out=$2 base=$TMP/pinhole/miss-fw.round$1 sent completed lost noerror setc m w b tries=0 b0 b1
     sent=$(awk '/Queries sent:/ { print $3 }' "$out"); completed=$(awk '/Queries completed:/ { print $3 }' "$out")
     lost=$(awk '/Queries lost:/ { print $3 }' "$out")
     noerror=$(awk '/Response codes:/ { for (i = 1; i < NF; i++) if ($i == "NOERROR" || $i == "NOERROR,") { v = $(i + 1); sub(/,$/, "", v); print v; exit } }' "$out")
     noerror=${noerror:-0}
-    ip netns exec "$NS" nft -j list set inet "$FW_TABLE" allow4 >"$base.set.json" 2>"$base.set.err" || true
-    # "elements addresses_of_u_names missing extra": the u<N> addresses expected
-    # are those of u1..u<sent> (dnsperf -n 1 sends the file in order).
-    setc=$(python3 - "$base.set.json" "${sent:-0}" "$CACHED_ADDR" <<'EOF'
+    metrics_get "$base.metrics" || : >"$base.metrics"
+    # Right after a burst of ~200,000 inserts the kernel's dump of the set can
+    # be inconsistent (seen on 6.18: the first listing repeated ~20,000 elements
+    # and left as many others out, same total; a listing 1-2 s later was
+    # complete, so it is the dump, not the set). List again, at most 15 times
+    # 1 s apart, until a listing has no element twice.
+    while :; do
+        tries=$((tries + 1))
+        ip netns exec "$NS" nft -j list set inet "$FW_TABLE" allow4 >"$base.set.json" 2>"$base.set.err" || true
+        setc=$(fw_count "$base.set.json" "${sent:-0}")
+        [ "${setc##* }" = 0 ] || [ "${setc##* }" = n/a ] || [ "$tries" -ge 15 ] && break
+        log "  set listing $tries had ${setc##* } elements twice; listing again"
+        sleep 1
+    done
+    metrics_get "$base.metrics2" || : >"$base.metrics2"
+    b0=$(metric "$base.metrics" pinhole_nft_batches_total); b1=$(metric "$base.metrics2" pinhole_nft_batches_total)
+    m=$base.metrics
+    w=$(hist "$m" pinhole_nft_write_microseconds); b=$(hist "$m" pinhole_nft_batch_elements)
+    # A binary whose histograms stay empty still has the counters: the means
+    # follow from them (write µs total / batches, elements / batches).
+    if [ "${w##* }" = 0 ]; then
+        w="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_write_micros_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
+    fi
+    if [ "${b##* }" = 0 ]; then
+        b="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_elements_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${sent:-0}" "${completed:-0}" "${lost:-0}" "$noerror" \
+        "${setc// /$'\t'}" "$(metric "$m" pinhole_nft_batches_total)" "$(metric "$m" pinhole_nft_elements_total)" \
+        "$(metric "$m" pinhole_nft_errors_total)" "$(metric "$m" pinhole_firewall_failures_total)" "$(metric "$m" pinhole_nft_repairs_total)" \
+        "${w// /$'\t'}" "${b// /$'\t'}" "$tries" "$(awk -v a="$b0" -v b="$b1" 'BEGIN { print (a == "n/a" || b == "n/a") ? "n/a" : b - a }')" >>"$FWRAW"
+    # columns: 1 round, 2 sent, 3 completed, 4 lost, 5 NOERROR, 6 elements in set,
+    # 7 of them u<N> addresses, 8 u<N> addresses sent but missing, 9 unexpected,
+    # 10 elements listed twice (last listing), 11 batches, 12 elements written,
+    # 13 nft errors, 14 firewall failures, 15 repairs, 16-19 write µs p50 p99 mean
+    # count, 20-23 elements/batch p50 p99 mean count, 24 set listings needed,
+    # 25 batches written while the set was listed
+    tail -n 1 "$FWRAW" | awk -F'\t' '{ printf "load.sh:   set allow4: %s elements (%s of the u<N> addresses, %s missing, %s unexpected, %s listed twice; %s listing(s)) for %s NOERROR answers; batches %s, errors %s, firewall failures %s; write us p50<=%s p99<=%s mean %s; elements/batch p50<=%s p99<=%s mean %s\n", $6, $7, $8, $9, $10, $24, $5, $11, $13, $14, $16, $17, $18, $20, $21, $22 }' >&2
+}
+# fw_count FILE SENT: "listed u_in_set u_missing unexpected listed_twice" for an
+# `nft -j list set` output; the u<N> addresses expected are those of
+# u1..u<SENT> (dnsperf -n 1 sends the file in order).
+fw_count() {
+    python3 - "$1" "$2" "$CACHED_ADDR" <<'EOF'
 import json, sys
 path, sent, cached = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 try:
     doc = json.load(open(path))
 except Exception:
-    print("n/a n/a n/a n/a"); sys.exit(0)
+    print("n/a n/a n/a n/a n/a"); sys.exit(0)
 elems = []
 for o in doc.get("nftables", []):
     if "set" in o:
@@ -563,29 +602,8 @@ for i in range(1, sent + 1):
     v = (i * 2654435761) % 16777216
     want.add("10.%d.%d.%d" % (v >> 16, (v >> 8) & 255, v & 255))
 extra = len([a for a in hs if a not in want and a != cached])
-print(len(have), len(hs & want), len(want - hs), extra)
+print(len(have), len(hs & want), len(want - hs), extra, len(have) - len(hs))
 EOF
-)
-    metrics_get "$base.metrics" || : >"$base.metrics"
-    m=$base.metrics
-    w=$(hist "$m" pinhole_nft_write_microseconds); b=$(hist "$m" pinhole_nft_batch_elements)
-    # A binary whose histograms stay empty still has the counters: the means
-    # follow from them (write µs total / batches, elements / batches).
-    if [ "${w##* }" = 0 ]; then
-        w="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_write_micros_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
-    fi
-    if [ "${b##* }" = 0 ]; then
-        b="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_elements_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
-    fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${sent:-0}" "${completed:-0}" "${lost:-0}" "$noerror" \
-        "${setc// /$'\t'}" "$(metric "$m" pinhole_nft_batches_total)" "$(metric "$m" pinhole_nft_elements_total)" \
-        "$(metric "$m" pinhole_nft_errors_total)" "$(metric "$m" pinhole_firewall_failures_total)" "$(metric "$m" pinhole_nft_repairs_total)" \
-        "${w// /$'\t'}" "${b// /$'\t'}" >>"$FWRAW"
-    # columns: 1 round, 2 sent, 3 completed, 4 lost, 5 NOERROR, 6 elements in set,
-    # 7 of them u<N> addresses, 8 u<N> addresses sent but missing, 9 unexpected,
-    # 10 batches, 11 elements written, 12 nft errors, 13 firewall failures, 14 repairs,
-    # 15-18 write µs p50 p99 mean count, 19-22 elements/batch p50 p99 mean count
-    tail -n 1 "$FWRAW" | awk -F'\t' '{ printf "load.sh:   set allow4: %s elements (%s of the u<N> addresses, %s missing, %s unexpected) for %s NOERROR answers; batches %s, errors %s, firewall failures %s; write us p50<=%s p99<=%s mean %s; elements/batch p50<=%s p99<=%s mean %s\n", $6, $7, $8, $9, $5, $10, $12, $13, $15, $16, $17, $19, $20, $21 }' >&2
 }
 
 # --------------------------------------------------------------- run loads
@@ -717,16 +735,17 @@ fw_report() {
         echo "Cost of the set writes: pinhole miss-fw $ca µs/query vs miss $cm µs/query = $(awk -v a="$ca" -v b="$cm" 'BEGIN { printf "%+.2f", a - b }') µs per answered address (both medians of this run)."
         echo
     fi
-    echo "pinhole's set after each miss-fw run (nft -j list set, while pinhole still ran) and its /metrics. Elements in set counts every element; the readiness probe's cached.bench.test ($CACHED_ADDR) is one of them. \"u<N> addresses missing\" = addresses of the names dnsperf sent that are not in the set. Write latency = send of a batch to the kernel's acknowledgement (pinhole_nft_write_microseconds); p50/p99 are histogram bucket upper bounds."
+    echo "pinhole's set after each miss-fw run (nft -j list set, while pinhole still ran) and its /metrics. Elements in set counts every element; the readiness probe's cached.bench.test ($CACHED_ADDR) is one of them. \"u<N> addresses missing\" = addresses of the names dnsperf sent that are not in the set. \"set listings\" = nft listings needed until one had no element twice (the first dump right after the load can be inconsistent; the last one counts); \"writes while listing\" = batches pinhole wrote meanwhile (0 = the set did not change). Write latency = send of a batch to the kernel's acknowledgement (pinhole_nft_write_microseconds); p50/p99 are histogram bucket upper bounds."
     echo
-    echo "| round | completed | NOERROR | elements in set | u<N> addresses in set | u<N> addresses missing | unexpected elements | = NOERROR answers? | batches | elements written | nft errors | firewall failures | write µs p50 | write µs p99 | write µs mean | elements/batch p50 | elements/batch p99 | elements/batch mean |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| round | completed | NOERROR | elements in set | u<N> addresses in set | u<N> addresses missing | unexpected elements | = NOERROR answers? | set listings | writes while listing | batches | elements written | nft errors | firewall failures | write µs p50 | write µs p99 | write µs mean | elements/batch p50 | elements/batch p99 | elements/batch mean |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' '
         function le(v) { return v == "n/a" ? v : "≤ " v }
-        { eq = $7 == $5 && $9 == 0 ? "yes" : ($9 == 0 && $7 > $5 && $7 - $5 <= $4 ? sprintf("+%d (answers lost in flight)", $7 - $5) : "**no**")
-          printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $5, $6, $7, $8, $9, eq, $10, $11, $12, $13, le($15), le($16), $17, le($19), le($20), $21 }' "$FWRAW"
+        { eq = $7 == $5 && $9 == 0 && $10 == 0 ? "yes" : ($9 == 0 && $10 == 0 && $7 > $5 && $7 - $5 <= $4 ? sprintf("+%d (answers lost in flight)", $7 - $5) : "**no**")
+          if ($10 + 0 > 0) eq = eq sprintf(" (%d listed twice)", $10)
+          printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $5, $6, $7, $8, $9, eq, $24, $25, $11, $12, $13, $14, le($16), le($17), $18, le($20), le($21), $22 }' "$FWRAW"
     echo
-    if awk -F'\t' '$18 == 0 && $10 + 0 > 0 { f = 1 } END { exit !f }' "$FWRAW"; then
+    if awk -F'\t' '$19 == 0 && $11 + 0 > 0 { f = 1 } END { exit !f }' "$FWRAW"; then
         echo "This pinhole's /metrics has empty nft histograms although it wrote batches: p50/p99 are n/a; the means come from the counters (pinhole_nft_write_micros_total and pinhole_nft_elements_total over pinhole_nft_batches_total)."
         echo
     fi
@@ -735,7 +754,7 @@ fw_report() {
         echo
     fi
     okq=$(awk -F'\t' '$2 == "miss-fw" && $1 == "pinhole" { p = $3 } $2 == "miss-fw" && $1 == "unbound" { u = $3 } END { print (p != "" && u != "" ? (p + 0 >= u + 0 ? "yes" : "no") : "n/a") }' "$RESULTS")
-    okset=$(awk -F'\t' '{ n++; if ($5 == $3 && $8 == 0 && $4 == 0 && $7 == $5 && $9 == 0 && $12 == 0 && $13 == 0) ok++ } END { print (n > 0 && ok == n ? "yes" : "no") }' "$FWRAW")
+    okset=$(awk -F'\t' '{ n++; if ($5 == $3 && $8 == 0 && $4 == 0 && $7 == $5 && $9 == 0 && $10 == 0 && $13 == 0 && $14 == 0) ok++ } END { print (n > 0 && ok == n ? "yes" : "no") }' "$FWRAW")
     echo "Goal: pinhole at least unbound's queries per second in the same run, with zero answers whose addresses were missing from the set, and the set holding one element per distinct answered address afterwards."
     echo
     qb=$(awk -F'\t' '$1 == "unbound" && $2 == "miss-fw" { print $3 }' "$RESULTS")
