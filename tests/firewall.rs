@@ -273,31 +273,33 @@ async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_i
     let ns = NetNs::new();
     let state = tempfile::tempdir().expect("tmp");
     let up = Upstream::start().await;
-    let setup = Setup::new(&fw_config_with(state.path(), 1, 1, ""), &[up.addr], ZONES);
+    let setup = Setup::new(
+        &fw_config_with(state.path(), 4, 1, "timeout_ceiling_s = 10"),
+        &[up.addr],
+        ZONES,
+    );
     let control = setup.dir.path().join("control.sock");
     let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
     query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
-    // short.example.test: TTL 2, grace 1 → element timeout 3 s, cached for 2 s.
-    query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
-    let ip: IpAddr = "192.0.2.2".parse().expect("ip");
+    // a.example.test: TTL 3600, capped at ceiling 10 − grace 4 = 6 s; element timeout 10 s.
+    // A hit needs the element to live TTL + half the grace = 8 s more.
+    let m = query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    assert_eq!(m.answers[0].ttl, 6, "TTL capped");
+    let ip: IpAddr = "192.0.2.1".parse().expect("ip");
     let batches = pinhole::metric(&p.metrics, "nft_batches_total");
-    // A cache hit right away: the element lives long enough, no kernel write.
-    query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    // A cache hit right away: 10 s left ≥ 8 s needed, no kernel write.
+    query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
     assert_eq!(
         pinhole::metric(&p.metrics, "nft_batches_total"),
         batches,
         "fresh element: no write"
     );
-    // 1.5 s later the cached answer (TTL 1 left, + 1 s grace) would outlive the element's
-    // remaining 1.5 s: the cache hit refreshes it before answering.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let m = query_udp(p.addr, "short.example.test.", RecordType::A, None).await;
+    // 2.5 s later only 7.5 s are left: the cache hit refreshes the element before answering.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = query_udp(p.addr, "a.example.test.", RecordType::A, None).await;
+    assert_eq!(m.answers[0].ttl, 6);
     assert_eq!(
-        m.answers[0].ttl, 1,
-        "served from the cache, TTL counted down"
-    );
-    assert_eq!(
-        up.queries_for("short.example.test.", RecordType::A),
+        up.queries_for("a.example.test.", RecordType::A),
         1,
         "from the cache"
     );
@@ -306,10 +308,11 @@ async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_i
         batches + 1,
         "one refresh write"
     );
-    let (_, e) = elements(&ns)[&(ip, 6, 443)];
+    let (t, e) = elements(&ns)[&(ip, 6, 443)];
+    assert_eq!(t.map(|t| t.as_secs()), Some(10));
     let e = e.expect("expires");
     assert!(
-        e > Duration::from_millis(1700),
+        e > Duration::from_millis(9000),
         "refreshed: expires in {e:?}"
     );
     // pinhole status over the control socket, as root.
@@ -332,11 +335,11 @@ async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_i
     );
     let row = text
         .lines()
-        .find(|l| l.starts_with("192.0.2.2 "))
+        .find(|l| l.starts_with("192.0.2.1 "))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("tcp/443,udp/443"), "{row}");
     assert!(
-        row.contains(" test ") && row.contains("short.example.test"),
+        row.contains(" test ") && row.contains("a.example.test"),
         "{row}"
     );
     assert!(control.exists());
