@@ -10,9 +10,11 @@ use std::time::Duration;
 use ::pinhole::firewall::nft::{Family, ListedKey, Nft};
 use common::netns::NetNs;
 use common::pinhole::{self, Setup};
-use common::upstream::{Upstream, build_query, exchange_tcp, exchange_udp, many_addr, query_udp};
+use common::upstream::{
+    Upstream, addrs, build_query, exchange_tcp, exchange_udp, many_addr, query_udp,
+};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 const ZONES: &str = r#"
 [[zone]]
@@ -64,17 +66,6 @@ fn elements(ns: &NetNs) -> Listed {
     })
 }
 
-fn answer_addrs(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
     let ns = NetNs::new();
@@ -112,7 +103,7 @@ async fn every_answered_address_is_in_the_set_when_the_answer_arrives() {
             })
             .await
             .expect("check");
-            let got = answer_addrs(&m);
+            let got = addrs(&m.answers);
             let (v4, v6) = many_addr(i);
             let want = if i % 2 == 0 {
                 IpAddr::V4(v4)

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::pinhole::{self, Setup, TEST_ZONES, config_text, metric};
 use common::upstream::{
-    self, BlackHole, Upstream, build_query, exchange_tcp, exchange_udp, query_tcp, query_udp,
+    self, BlackHole, Upstream, addrs, build_query, exchange_tcp, exchange_udp, query_tcp, query_udp,
 };
 use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -21,17 +21,6 @@ const T: Duration = Duration::from_secs(3);
 
 fn ttls(m: &Message) -> Vec<u32> {
     m.answers.iter().map(|r| r.ttl).collect()
-}
-
-fn addrs(records: &[Record]) -> Vec<IpAddr> {
-    records
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The Extended DNS Error code in an answer, if any.

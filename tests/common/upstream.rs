@@ -757,3 +757,15 @@ impl RequestHandler for Handler {
         Box::pin(self.handle(request, response_handle))
     }
 }
+
+/// The A and AAAA addresses among `records`, in order.
+pub fn addrs(records: &[Record]) -> Vec<std::net::IpAddr> {
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
