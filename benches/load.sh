@@ -562,17 +562,19 @@ fw_collect() {
     if [ "${b##* }" = 0 ]; then
         b="n/a n/a $(awk -v t="$(metric "$m" pinhole_nft_elements_total)" -v n="$(metric "$m" pinhole_nft_batches_total)" 'BEGIN { if (n + 0 > 0 && t != "n/a") printf "%.1f", t / n; else print "n/a" }') 0"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${sent:-0}" "${completed:-0}" "${lost:-0}" "$noerror" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${sent:-0}" "${completed:-0}" "${lost:-0}" "$noerror" \
         "${setc// /$'\t'}" "$(metric "$m" pinhole_nft_batches_total)" "$(metric "$m" pinhole_nft_elements_total)" \
         "$(metric "$m" pinhole_nft_errors_total)" "$(metric "$m" pinhole_firewall_failures_total)" "$(metric "$m" pinhole_nft_repairs_total)" \
-        "${w// /$'\t'}" "${b// /$'\t'}" "$tries" "$(awk -v a="$b0" -v b="$b1" 'BEGIN { print (a == "n/a" || b == "n/a") ? "n/a" : b - a }')" >>"$FWRAW"
+        "${w// /$'\t'}" "${b// /$'\t'}" "$tries" "$(awk -v a="$b0" -v b="$b1" 'BEGIN { print (a == "n/a" || b == "n/a") ? "n/a" : b - a }')" \
+        "$(grep -c -E '(WARN|ERROR)' "$TMP/pinhole/server.log" || true)" >>"$FWRAW"
     # columns: 1 round, 2 sent, 3 completed, 4 lost, 5 NOERROR, 6 elements in set,
     # 7 of them u<N> addresses, 8 u<N> addresses sent but missing, 9 unexpected,
     # 10 elements listed twice (last listing), 11 batches, 12 elements written,
     # 13 nft errors, 14 firewall failures, 15 repairs, 16-19 write µs p50 p99 mean
     # count, 20-23 elements/batch p50 p99 mean count, 24 set listings needed,
-    # 25 batches written while the set was listed
-    tail -n 1 "$FWRAW" | awk -F'\t' '{ printf "load.sh:   set allow4: %s elements (%s of the u<N> addresses, %s missing, %s unexpected, %s listed twice; %s listing(s)) for %s NOERROR answers; batches %s, errors %s, firewall failures %s; write us p50<=%s p99<=%s mean %s; elements/batch p50<=%s p99<=%s mean %s\n", $6, $7, $8, $9, $10, $24, $5, $11, $13, $14, $16, $17, $18, $20, $21, $22 }' >&2
+    # 25 batches written while the set was listed, 26 lines pinhole logged at
+    # WARN or ERROR in this run (e.g. ENOBUFS, failed writes)
+    tail -n 1 "$FWRAW" | awk -F'\t' '{ printf "load.sh:   set allow4: %s elements (%s of the u<N> addresses, %s missing, %s unexpected, %s listed twice; %s listing(s)) for %s NOERROR answers; batches %s, errors %s, firewall failures %s; write us p50<=%s p99<=%s mean %s; elements/batch p50<=%s p99<=%s mean %s; %s warning/error lines logged\n", $6, $7, $8, $9, $10, $24, $5, $11, $13, $14, $16, $17, $18, $20, $21, $22, $26 }' >&2
 }
 # fw_count FILE SENT: "listed u_in_set u_missing unexpected listed_twice" for an
 # `nft -j list set` output; the u<N> addresses expected are those of
@@ -648,6 +650,7 @@ for round in $(seq "$ROUNDS"); do
         if [ "$w" = miss-fw ] && [ "$s" = pinhole ]; then fw_collect "$round" "$out"; fi
         stop_server
         NSX=
+        cp "$TMP/$s/server.log" "$TMP/$s/$w.round$round.log" 2>/dev/null || true   # each run's log, for KEEP_TMP=1
         grep -q 'Queries completed:' "$out" || { cat "$out" >&2; die "no dnsperf statistics for $s/$w"; }
         awk -v s="$s" -v w="$w" -v round="$round" -v c0="$c0" -v c1="$c1" -v tck="$CLK_TCK" -v hwm="$hwm" \
             -v s0="$s0" -v s1="$s1" -v l0="$l0" -v l1="$l1" -v a0="$a0" -v a1="$a1" '
@@ -737,13 +740,13 @@ fw_report() {
     fi
     echo "pinhole's set after each miss-fw run (nft -j list set, while pinhole still ran) and its /metrics. Elements in set counts every element; the readiness probe's cached.bench.test ($CACHED_ADDR) is one of them. \"u<N> addresses missing\" = addresses of the names dnsperf sent that are not in the set. \"set listings\" = nft listings needed until one had no element twice (the first dump right after the load can be inconsistent; the last one counts); \"writes while listing\" = batches pinhole wrote meanwhile (0 = the set did not change). Write latency = send of a batch to the kernel's acknowledgement (pinhole_nft_write_microseconds); p50/p99 are histogram bucket upper bounds."
     echo
-    echo "| round | completed | NOERROR | elements in set | u<N> addresses in set | u<N> addresses missing | unexpected elements | = NOERROR answers? | set listings | writes while listing | batches | elements written | nft errors | firewall failures | write µs p50 | write µs p99 | write µs mean | elements/batch p50 | elements/batch p99 | elements/batch mean |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| round | completed | NOERROR | elements in set | u<N> addresses in set | u<N> addresses missing | unexpected elements | = NOERROR answers? | set listings | writes while listing | batches | elements written | nft errors | firewall failures | warn/error log lines | write µs p50 | write µs p99 | write µs mean | elements/batch p50 | elements/batch p99 | elements/batch mean |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' '
         function le(v) { return v == "n/a" ? v : "≤ " v }
         { eq = $7 == $5 && $9 == 0 && $10 == 0 ? "yes" : ($9 == 0 && $10 == 0 && $7 > $5 && $7 - $5 <= $4 ? sprintf("+%d (answers lost in flight)", $7 - $5) : "**no**")
           if ($10 + 0 > 0) eq = eq sprintf(" (%d listed twice)", $10)
-          printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $5, $6, $7, $8, $9, eq, $24, $25, $11, $12, $13, $14, le($16), le($17), $18, le($20), le($21), $22 }' "$FWRAW"
+          printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $5, $6, $7, $8, $9, eq, $24, $25, $11, $12, $13, $14, $26, le($16), le($17), $18, le($20), le($21), $22 }' "$FWRAW"
     echo
     if awk -F'\t' '$19 == 0 && $11 + 0 > 0 { f = 1 } END { exit !f }' "$FWRAW"; then
         echo "This pinhole's /metrics has empty nft histograms although it wrote batches: p50/p99 are n/a; the means come from the counters (pinhole_nft_write_micros_total and pinhole_nft_elements_total over pinhole_nft_batches_total)."
