@@ -8,11 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::dns::wire::{self, HEADER_LEN, u16_at};
+use crate::dns::wire::{self, HEADER_LEN, TYPE_CNAME, TYPE_HTTPS, TYPE_SVCB, u16_at};
 
-const TYPE_CNAME: u16 = 5;
-const TYPE_SVCB: u16 = 64;
-const TYPE_HTTPS: u16 = 65;
 const SVC_IPV4HINT: u16 = 4;
 const SVC_IPV6HINT: u16 = 6;
 /// CNAME hops followed at most.

@@ -11,10 +11,13 @@ use thiserror::Error;
 
 pub const HEADER_LEN: usize = 12;
 pub const TYPE_A: u16 = 1;
+pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
 pub const TYPE_HINFO: u16 = 13;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_OPT: u16 = 41;
+pub const TYPE_SVCB: u16 = 64;
+pub const TYPE_HTTPS: u16 = 65;
 pub const TYPE_IXFR: u16 = 251;
 pub const TYPE_AXFR: u16 = 252;
 pub const TYPE_ANY: u16 = 255;
