@@ -42,6 +42,7 @@ fn handler() -> Handler {
         statics: vec![],
         file: "bench".into(),
         line: 1,
+        part: 0,
     });
     Handler::new(&config, b.build(), None, Arc::new(Metrics::default()))
 }

@@ -28,6 +28,7 @@ fn zone() -> ZoneDef {
         statics: vec![],
         file: PathBuf::from("bench"),
         line: 1,
+        part: 0,
     }
 }
 

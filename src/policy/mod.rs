@@ -75,7 +75,7 @@ impl Policy {
             }
         }
         let mut seen: std::collections::HashMap<&str, &ZoneDef> = Default::default();
-        for z in &all {
+        for z in all.iter().filter(|z| z.part == 0) {
             if let Some(first) = seen.insert(&z.name, z) {
                 problems.push(Diagnostic {
                     file: z.file.clone(),
@@ -97,7 +97,11 @@ impl Policy {
             Some(names) => {
                 for n in names {
                     if !seen.contains_key(n.get_ref().as_str()) {
-                        let known: Vec<&str> = all.iter().map(|z| z.name.as_str()).collect();
+                        let known: Vec<&str> = all
+                            .iter()
+                            .filter(|z| z.part == 0)
+                            .map(|z| z.name.as_str())
+                            .collect();
                         problems.push(Diagnostic::at(
                             &config.path,
                             &config_text,
@@ -282,6 +286,7 @@ mod tests {
             statics: vec![],
             file: PathBuf::from("zones/t.toml"),
             line: 1,
+            part: 0,
         }
     }
 

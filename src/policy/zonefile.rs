@@ -97,6 +97,20 @@ struct RawZone {
     sets: Vec<Spanned<String>>,
     #[serde(default, rename = "static")]
     statics: Vec<Spanned<String>>,
+    /// More hosts of the same service that are opened on other ports.
+    #[serde(default)]
+    group: Vec<RawGroup>,
+}
+
+/// `[[zone.group]]`: hosts of a zone's service that have their own ports.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    /// Free text for the reader (e.g. where the hosts come from); not used by pinhole.
+    #[serde(default, rename = "note")]
+    _note: String,
+    ports: Vec<Spanned<String>>,
+    hosts: Vec<Spanned<String>>,
 }
 
 fn default_action() -> ZoneAction {
@@ -123,8 +137,11 @@ pub struct ZoneDef {
     /// Networks always open on this zone's ports (e.g. 17.0.0.0/8), without timeout.
     pub statics: Vec<ipnet::IpNet>,
     pub file: PathBuf,
-    /// Line of the zone's `name` key, for `explain`.
+    /// Line of the zone's `name` key (or of its `[[zone.group]]`'s first host), for `explain`.
     pub line: usize,
+    /// 0 for the zone's own `hosts`/`ports`; n for its n-th `[[zone.group]]`, which shares the
+    /// zone's name, action and sets but has its own hosts and ports.
+    pub part: u16,
 }
 
 /// Parses one zone file. Every problem is pushed to `problems`; valid zones are returned.
@@ -154,27 +171,30 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 "use letters, digits, '-' and '_' only, e.g. name = \"apple-push\"",
             ));
         }
-        let mut ports = Vec::with_capacity(raw.ports.len());
-        for p in &raw.ports {
-            match parse_port(p.get_ref()) {
-                Some(rule) => ports.push(rule),
-                None => found.push(Diagnostic::at(
+        let (ports, patterns) =
+            parse_hosts_and_ports(path, text, &raw.ports, &raw.hosts, &mut found);
+        let mut groups = Vec::with_capacity(raw.group.len());
+        for g in &raw.group {
+            let (gports, gpatterns) =
+                parse_hosts_and_ports(path, text, &g.ports, &g.hosts, &mut found);
+            if gports.is_empty() || gpatterns.is_empty() {
+                found.push(Diagnostic::at(
                     path,
                     text,
-                    Some(p.span()),
-                    format!("port {:?} is not of the form proto/port", p.get_ref()),
-                    "write \"tcp/443\" or \"udp/123\" (one port a string, 1-65535)",
-                )),
+                    Some(raw.name.span()),
+                    format!(
+                        "a [[zone.group]] of zone {:?} lists no {}",
+                        raw.name.get_ref(),
+                        if gports.is_empty() { "ports" } else { "hosts" }
+                    ),
+                    "give every group both hosts = [...] and ports = [...], or remove it",
+                ));
             }
-        }
-        let mut patterns = Vec::with_capacity(raw.hosts.len());
-        for h in &raw.hosts {
-            match parse_pattern(h.get_ref()) {
-                Ok(p) => patterns.push(p),
-                Err((what, fix)) => {
-                    found.push(Diagnostic::at(path, text, Some(h.span()), what, fix))
-                }
-            }
+            let line = g
+                .hosts
+                .first()
+                .map_or(0, |h| crate::diag::line_col(text, h.span().start).0);
+            groups.push((gports, gpatterns, line));
         }
         let mut sets = Vec::with_capacity(raw.sets.len());
         for set in &raw.sets {
@@ -213,7 +233,7 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
         problems.append(&mut found);
         if ok {
             let (line, _) = crate::diag::line_col(text, raw.name.span().start);
-            zones.push(ZoneDef {
+            let first = ZoneDef {
                 name,
                 description: raw.description,
                 action: raw.action,
@@ -223,10 +243,60 @@ pub fn parse_file(path: &Path, text: &str, problems: &mut Vec<Diagnostic>) -> Ve
                 statics,
                 file: path.to_path_buf(),
                 line,
-            });
+                part: 0,
+            };
+            let parts: Vec<ZoneDef> = groups
+                .into_iter()
+                .enumerate()
+                .map(|(n, (ports, patterns, line))| ZoneDef {
+                    ports,
+                    patterns,
+                    statics: Vec::new(),
+                    line,
+                    part: u16::try_from(n + 1).unwrap_or(u16::MAX),
+                    ..first.clone()
+                })
+                .collect();
+            zones.push(first);
+            zones.extend(parts);
         }
     }
     zones
+}
+
+/// Parses a host list and its port list, pushing located problems to `found`.
+fn parse_hosts_and_ports(
+    path: &Path,
+    text: &str,
+    raw_ports: &[Spanned<String>],
+    raw_hosts: &[Spanned<String>],
+    found: &mut Vec<Diagnostic>,
+) -> (Vec<PortRule>, Vec<Pattern>) {
+    let mut ports = Vec::with_capacity(raw_ports.len());
+    for p in raw_ports {
+        match parse_port(p.get_ref()) {
+            Some(rule) => {
+                if !ports.contains(&rule) {
+                    ports.push(rule)
+                }
+            }
+            None => found.push(Diagnostic::at(
+                path,
+                text,
+                Some(p.span()),
+                format!("port {:?} is not of the form proto/port", p.get_ref()),
+                "write \"tcp/443\" or \"udp/123\" (one port a string, 1-65535)",
+            )),
+        }
+    }
+    let mut patterns = Vec::with_capacity(raw_hosts.len());
+    for h in raw_hosts {
+        match parse_pattern(h.get_ref()) {
+            Ok(p) => patterns.push(p),
+            Err((what, fix)) => found.push(Diagnostic::at(path, text, Some(h.span()), what, fix)),
+        }
+    }
+    (ports, patterns)
 }
 
 fn parse_port(s: &str) -> Option<PortRule> {
@@ -309,5 +379,31 @@ mod tests {
         assert_eq!(problems.len(), 2);
         assert_eq!((problems[0].line, problems[0].column), (4, 3));
         assert_eq!(problems[1].line, 5);
+    }
+
+    #[test]
+    fn groups_become_parts_with_their_own_ports() {
+        let text = "[[zone]]\nname = \"svc\"\nports = [\"tcp/443\"]\nhosts = [\"a.test\"]\nsets = [\"inet filter s4\"]\n\n[[zone.group]]\nnote = \"time\"\nports = [\"udp/123\", \"udp/123\"]\nhosts = [\"time.test\"]\n";
+        let mut problems = Vec::new();
+        let zones = parse_file(Path::new("zones/z.toml"), text, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(zones.len(), 2);
+        assert_eq!((zones[0].name.as_str(), zones[0].part), ("svc", 0));
+        assert_eq!((zones[1].name.as_str(), zones[1].part), ("svc", 1));
+        assert_eq!(
+            zones[1].ports,
+            [PortRule {
+                proto: Proto::Udp,
+                port: 123
+            }]
+        );
+        assert_eq!(zones[1].patterns[0].name, "time.test");
+        assert_eq!(zones[1].sets, zones[0].sets);
+        assert_eq!(zones[1].line, 10);
+
+        let bad = "[[zone]]\nname = \"svc\"\n[[zone.group]]\nports = []\nhosts = [\"a.test\"]\n";
+        let mut problems = Vec::new();
+        assert!(parse_file(Path::new("zones/z.toml"), bad, &mut problems).is_empty());
+        assert!(problems[0].what.contains("lists no ports"), "{problems:?}");
     }
 }
