@@ -266,12 +266,27 @@ pub enum FailMode {
     Open,
 }
 
+/// How an element that is already in a set gets its new timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefreshMethod {
+    /// Probe the kernel at start-up: `update` where it updates timeouts in place, else `replace`.
+    Auto,
+    /// Add the element again with its new timeout and expiration (kernel 6.10+).
+    Update,
+    /// Delete and add it in one atomic batch (any kernel).
+    Replace,
+}
+
 /// What to do with `ipv4hint`/`ipv6hint` in HTTPS/SVCB answers for approved names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HintPolicy {
     /// Open the hinted addresses like A/AAAA records.
     Allow,
+    /// Remove the hints from every forwarded answer (clients then look up A/AAAA, which are
+    /// opened). Breaks DNSSEC signatures over those records for validating clients.
+    Strip,
 }
 
 /// `[firewall]`: nftables sets that receive every address handed out for approved names.
@@ -291,6 +306,7 @@ pub struct FirewallConfig {
     pub write_deadline_ms: u64,
     pub on_failure: FailMode,
     pub https_hints: HintPolicy,
+    pub refresh: RefreshMethod,
     /// Folder for the allowlist journal (restored after a restart); absent = no journal.
     pub state_dir: Option<PathBuf>,
 }
@@ -306,6 +322,7 @@ impl Default for FirewallConfig {
             write_deadline_ms: 250,
             on_failure: FailMode::Closed,
             https_hints: HintPolicy::Allow,
+            refresh: RefreshMethod::Auto,
             state_dir: Some(PathBuf::from("/var/lib/pinhole")),
         }
     }

@@ -200,6 +200,60 @@ async fn timeouts_are_ttl_plus_grace_and_chains_and_ipv6_are_opened() {
 }
 
 #[tokio::test]
+async fn stripped_https_hints_reach_no_client_and_open_nothing() {
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::svcb::SvcParamKey;
+    let ns = NetNs::new();
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    let setup = Setup::new(
+        &fw_config(state.path(), "https_hints = \"strip\""),
+        &[up.addr],
+        ZONES,
+    );
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    for round in ["from upstream", "from cache"] {
+        let m = query_udp(p.addr, "https.example.test.", RecordType::HTTPS, None).await;
+        let Some(RData::HTTPS(h)) = m.answers.first().map(|r| &r.data) else {
+            panic!("{round}: no HTTPS answer: {m:?}");
+        };
+        let keys: Vec<SvcParamKey> = h.0.svc_params.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [SvcParamKey::Alpn],
+            "{round}: hints stripped, alpn kept"
+        );
+    }
+    let all = elements(&ns);
+    let hint4: IpAddr = "192.0.2.50".parse().expect("ip");
+    let hint6: IpAddr = "2001:db8::50".parse().expect("ip");
+    assert!(
+        !all.keys().any(|k| k.0 == hint4 || k.0 == hint6),
+        "a stripped hint is not opened: {all:?}"
+    );
+    // The client's A lookup that follows opens the address as usual.
+    query_udp(p.addr, "https.example.test.", RecordType::A, None).await;
+    assert!(elements(&ns).contains_key(&(hint4, 6, 443)));
+}
+
+#[test]
+fn the_kernel_probe_matches_the_kernel_version() {
+    let ns = NetNs::new();
+    let in_place = ns
+        .run(|| Nft::open().expect("netlink").probe_timeout_update())
+        .expect("probe");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).expect("major");
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).expect("minor");
+    // Element timeout update arrived in Linux 6.10.
+    assert_eq!(in_place, (major, minor) >= (6, 10), "kernel {release}");
+    // The scratch table is gone again.
+    let tables = ns.exec("nft", &["list", "tables"]);
+    assert!(!tables.contains("pinhole_probe"), "{tables}");
+}
+
+#[tokio::test]
 async fn ttls_are_capped_below_the_element_lifetime() {
     let ns = NetNs::new();
     let state = tempfile::tempdir().expect("tmp");
@@ -261,11 +315,26 @@ async fn restart_restores_and_flush_is_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_it() {
+    refresh_test("auto").await;
+}
+
+/// The refresh used by kernels before 6.10 (delete and add in one batch), forced here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delete_and_add_refresh_for_older_kernels_works_too() {
+    refresh_test("replace").await;
+}
+
+async fn refresh_test(method: &str) {
     let ns = NetNs::new();
     let state = tempfile::tempdir().expect("tmp");
     let up = Upstream::start().await;
     let setup = Setup::new(
-        &fw_config_with(state.path(), 4, 1, "timeout_ceiling_s = 10"),
+        &fw_config_with(
+            state.path(),
+            4,
+            1,
+            &format!("timeout_ceiling_s = 10\nrefresh = \"{method}\""),
+        ),
         &[up.addr],
         ZONES,
     );
@@ -304,8 +373,9 @@ async fn a_cached_answer_refreshes_an_element_about_to_expire_and_status_shows_i
     let e = e.expect("expires");
     assert!(
         e > Duration::from_millis(9000),
-        "refreshed: expires in {e:?}"
+        "refreshed ({method}): expires in {e:?}"
     );
+    assert_eq!(pinhole::metric(&p.metrics, "nft_errors_total"), 0);
     // pinhole status over the control socket, as root.
     // The daemon runs on this test's runtime: run the client off it.
     let config_path = p.setup.config_path();

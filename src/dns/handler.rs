@@ -57,6 +57,8 @@ struct Settings {
     ttl_cap: u32,
     /// Answer even when the set write failed (counted and logged).
     fail_open: bool,
+    /// `https_hints = "strip"`: remove address hints from HTTPS/SVCB answers.
+    strip_hints: bool,
 }
 
 /// Queries waiting for the same upstream answer; the first one asks, the others wait.
@@ -131,6 +133,7 @@ impl Handler {
                 soa_rdata,
                 ttl_cap,
                 fail_open: config.firewall.on_failure == FailMode::Open,
+                strip_hints: config.firewall.https_hints == crate::config::HintPolicy::Strip,
             },
             firewall,
             zone_names,
@@ -454,8 +457,21 @@ impl Handler {
                 return servfail(self);
             }
         };
-        // The raw answer is passed on as the upstream wrote it; the scan checks that every
-        // record is within bounds before it is cached or served.
+        let answer = if self.settings.strip_hints {
+            match crate::dns::strip::strip_hints(&answer) {
+                Ok(Some(stripped)) => stripped,
+                Ok(None) => answer,
+                Err(()) => {
+                    Metrics::inc(&self.metrics.upstream_malformed_total);
+                    tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");
+                    return servfail(self);
+                }
+            }
+        } else {
+            answer
+        };
+        // The raw answer is passed on as the upstream wrote it (less any stripped hints); the
+        // scan checks that every record is within bounds before it is cached or served.
         let Some(scan) = wire::scan_response(&answer) else {
             Metrics::inc(&self.metrics.upstream_malformed_total);
             tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod chain;
 pub mod handler;
 pub mod special;
+pub mod strip;
 pub mod tcp;
 pub mod udp;
 pub mod wire;

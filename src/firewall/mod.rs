@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::config::{FirewallConfig, FirewallMode};
+use crate::config::{FirewallConfig, FirewallMode, RefreshMethod};
 use crate::metrics::Metrics;
 use crate::policy::ZoneDef;
 use journal::Journal;
@@ -191,6 +191,28 @@ impl Firewall {
             }
             journal = Some(j);
         }
+        let in_place_update = match cfg.refresh {
+            RefreshMethod::Update => true,
+            RefreshMethod::Replace => false,
+            RefreshMethod::Auto => match nft.probe_timeout_update() {
+                Ok(yes) => {
+                    tracing::info!(
+                        in_place = yes,
+                        "probed the kernel: element timeouts are {}",
+                        if yes {
+                            "updated in place"
+                        } else {
+                            "refreshed by delete and add in one batch"
+                        }
+                    );
+                    yes
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot probe whether the kernel updates element timeouts; refreshing by delete and add");
+                    false
+                }
+            },
+        };
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             nft,
@@ -199,6 +221,7 @@ impl Firewall {
             sets: Arc::clone(&sets),
             managed: cfg.mode != FirewallMode::External,
             managed_table: cfg.table.clone(),
+            in_place_update,
             metrics,
         };
         std::thread::Builder::new()
@@ -381,11 +404,15 @@ fn external_sets(
     }
 }
 
-/// Writes `wants` to their sets: one `add_elements` per table (one batch each).
+/// One element to write: the want, its absolute expiry if fixed (replays), and whether it is
+/// already in the kernel and must be deleted and added again (kernels without in-place update).
+type Item<'a> = (&'a Want, Option<u64>, bool);
+
+/// Writes `items` to their sets: one batch per table.
 fn write_grouped(
     nft: &mut Nft,
     sets: &[SetRef],
-    items: &[(&Want, Option<u64>)],
+    items: &[Item<'_>],
     now: u64,
 ) -> Result<(), nft::NftError> {
     let mut tables: Vec<(Family, &str)> = Vec::new();
@@ -395,15 +422,33 @@ fn write_grouped(
         }
     }
     for (family, table) in tables {
-        let elems: Vec<(&str, Element)> = items
-            .iter()
-            .filter_map(|(w, exp)| {
-                let set = sets.get(usize::from(w.key.set))?;
-                (set.family == family && set.table == table)
-                    .then(|| (set.name.as_str(), element(set, w, now, *exp)))
-            })
-            .collect();
-        for chunk in elems.chunks(4000) {
+        let mut add: Vec<(&str, Element)> = Vec::new();
+        let mut replace: Vec<(&str, Element)> = Vec::new();
+        for (w, exp, again) in items {
+            let Some(set) = sets.get(usize::from(w.key.set)) else {
+                continue;
+            };
+            if set.family == family && set.table == table {
+                let list = if *again { &mut replace } else { &mut add };
+                list.push((set.name.as_str(), element(set, w, now, *exp)));
+            }
+        }
+        if replace.is_empty() {
+            for chunk in add.chunks(4000) {
+                nft.add_elements(family, table, chunk)?;
+            }
+            continue;
+        }
+        for chunk in replace.chunks(2000) {
+            match nft.replace_elements(family, table, chunk, &[]) {
+                // An element expired in the kernel meanwhile: adding it is all it needs.
+                Err(e) if e.errno() == Some(libc::ENOENT) => {
+                    nft.add_elements(family, table, chunk)?
+                }
+                other => other?,
+            }
+        }
+        for chunk in add.chunks(4000) {
             nft.add_elements(family, table, chunk)?;
         }
     }
@@ -433,7 +478,8 @@ fn replay(
             )
         })
         .collect();
-    let items: Vec<(&Want, Option<u64>)> = wants.iter().map(|(w, e)| (w, Some(*e))).collect();
+    // Replays follow a wipe or a restart: the elements are not in the kernel.
+    let items: Vec<Item<'_>> = wants.iter().map(|(w, e)| (w, Some(*e), false)).collect();
     write_grouped(nft, sets, &items, now)
 }
 
@@ -447,6 +493,9 @@ struct Writer {
     sets: Arc<Vec<SetRef>>,
     managed: bool,
     managed_table: String,
+    /// The kernel updates an element's timeout when it is added again (6.10+); otherwise
+    /// refreshes delete and add in one batch.
+    in_place_update: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -495,7 +544,13 @@ impl Writer {
                 *e = w;
             }
         }
-        let items: Vec<(&Want, Option<u64>)> = unique.values().map(|w| (*w, None)).collect();
+        let items: Vec<Item<'_>> = match (self.in_place_update, self.table.lock()) {
+            (false, Ok(t)) => unique
+                .values()
+                .map(|w| (*w, None, t.is_live(&w.key, now)))
+                .collect(),
+            _ => unique.values().map(|w| (*w, None, false)).collect(),
+        };
         let started = Instant::now();
         let result = write_grouped(&mut self.nft, &self.sets, &items, now);
         let took = started.elapsed().as_micros() as u64;

@@ -753,6 +753,50 @@ fn put_elem(
 }
 
 /// Append the kernel elements for one [`Element`] (two for a CIDR).
+/// Appends element messages of type `msg_type` (grouped per set, first-seen order; at most
+/// ~60 KiB of elements a message) to a batch.
+fn push_elements(
+    b: &mut Batch,
+    msg_type: u16,
+    flags: u16,
+    family: Family,
+    table: &str,
+    elems: &[(&str, Element)],
+) -> Result<()> {
+    let mut groups: Vec<(&str, Vec<&Element>)> = Vec::new();
+    for (set, e) in elems {
+        match groups.iter_mut().find(|(s, _)| s == set) {
+            Some((_, v)) => v.push(e),
+            None => groups.push((set, vec![e])),
+        }
+    }
+    let verb = if msg_type == sys::NFT_MSG_DELSETELEM {
+        "delete"
+    } else {
+        "add"
+    };
+    for (set, list) in groups {
+        let mut it = list.into_iter().peekable();
+        while it.peek().is_some() {
+            let m = b.msg(msg_type, flags, family, String::new());
+            b.buf.attr_name(sys::NFTA_SET_ELEM_LIST_TABLE, table)?;
+            b.buf.attr_name(sys::NFTA_SET_ELEM_LIST_SET, set)?;
+            let nest = b.buf.nest_start(sys::NFTA_SET_ELEM_LIST_ELEMENTS);
+            let mut n = 0usize;
+            while let Some(e) = it.next_if(|_| b.buf.len() - nest < MAX_ELEMS_NEST) {
+                encode_element(&mut b.buf, e)?;
+                n += 1;
+            }
+            b.buf.nest_end(nest)?;
+            b.buf.end(m);
+            if let Some(last) = b.msgs.last_mut() {
+                last.1 = format!("{verb} {n} element(s) in {family} {table} {set}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn encode_element(b: &mut MsgBuf, e: &Element) -> Result<()> {
     match e.key {
         Key::Port { addr, proto, port } => {
@@ -1271,36 +1315,78 @@ impl Nft {
         elems: &[(&str, Element)],
         excl: bool,
     ) -> Result<()> {
-        // Group per set, keeping first-seen order.
-        let mut groups: Vec<(&str, Vec<&Element>)> = Vec::new();
-        for (set, e) in elems {
-            match groups.iter_mut().find(|(s, _)| s == set) {
-                Some((_, v)) => v.push(e),
-                None => groups.push((set, vec![e])),
-            }
-        }
         let flags = sys::NLM_F_CREATE | if excl { sys::NLM_F_EXCL } else { 0 };
         let mut b = self.batch();
-        for (set, list) in groups {
-            let mut it = list.into_iter().peekable();
-            while it.peek().is_some() {
-                let m = b.msg(sys::NFT_MSG_NEWSETELEM, flags, family, String::new());
-                b.buf.attr_name(sys::NFTA_SET_ELEM_LIST_TABLE, table)?;
-                b.buf.attr_name(sys::NFTA_SET_ELEM_LIST_SET, set)?;
-                let nest = b.buf.nest_start(sys::NFTA_SET_ELEM_LIST_ELEMENTS);
-                let mut n = 0usize;
-                while let Some(e) = it.next_if(|_| b.buf.len() - nest < MAX_ELEMS_NEST) {
-                    encode_element(&mut b.buf, e)?;
-                    n += 1;
-                }
-                b.buf.nest_end(nest)?;
-                b.buf.end(m);
-                if let Some(last) = b.msgs.last_mut() {
-                    last.1 = format!("add {n} element(s) to {family} {table} {set}");
-                }
-            }
-        }
+        push_elements(&mut b, sys::NFT_MSG_NEWSETELEM, flags, family, table, elems)?;
         self.commit(b)
+    }
+
+    /// Refresh for kernels that cannot update an element's timeout in place (before 6.10):
+    /// deletes `replace` and adds it again with its new timeout, and adds `add`, all in one
+    /// atomic batch, so the element is never absent. A `replace` element that is not in the
+    /// set fails the batch with `ENOENT`.
+    pub fn replace_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        replace: &[(&str, Element)],
+        add: &[(&str, Element)],
+    ) -> Result<()> {
+        let keys: Vec<(&str, Element)> = replace
+            .iter()
+            .map(|(set, e)| {
+                (
+                    *set,
+                    Element {
+                        key: e.key,
+                        timeout: None,
+                        expires: None,
+                    },
+                )
+            })
+            .collect();
+        let mut b = self.batch();
+        push_elements(&mut b, sys::NFT_MSG_DELSETELEM, 0, family, table, &keys)?;
+        push_elements(
+            &mut b,
+            sys::NFT_MSG_NEWSETELEM,
+            sys::NLM_F_CREATE,
+            family,
+            table,
+            replace,
+        )?;
+        push_elements(
+            &mut b,
+            sys::NFT_MSG_NEWSETELEM,
+            sys::NLM_F_CREATE,
+            family,
+            table,
+            add,
+        )?;
+        self.commit(b)
+    }
+
+    /// Whether this kernel updates the timeout of an element that is added again (6.10+).
+    /// Probed in a scratch table that is removed afterwards: add an element with a 60 s
+    /// timeout, add it again with 3,600 s, and read back which expiry the kernel kept.
+    pub fn probe_timeout_update(&mut self) -> Result<bool> {
+        let table = format!("pinhole_probe_{}", std::process::id());
+        let spec = SetSpec::new("probe", KeyType::V4Net).with_flags(SetFlags::TIMEOUT);
+        self.create_table_and_sets(Family::Inet, &table, &[spec])?;
+        let addr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+        let elem = |secs| Element {
+            key: Key::Addr(addr),
+            timeout: Some(Duration::from_secs(secs)),
+            expires: Some(Duration::from_secs(secs)),
+        };
+        let result = self
+            .add_elements(Family::Inet, &table, &[("probe", elem(60))])
+            .and_then(|()| self.add_elements(Family::Inet, &table, &[("probe", elem(3600))]))
+            .and_then(|()| self.list_elements(Family::Inet, &table, "probe"));
+        let _ = self.delete_table(Family::Inet, &table);
+        Ok(result?
+            .iter()
+            .any(|e| e.expires.is_some_and(|x| x > Duration::from_secs(600))))
     }
 
     /// Delete a table and everything in it. `Ok(false)` if it did not exist.

@@ -102,6 +102,11 @@ impl AllowTable {
             .collect()
     }
 
+    /// Whether pinhole's record says the kernel holds this element now.
+    pub fn is_live(&self, key: &ElemKey, now_ms: u64) -> bool {
+        self.live.get(key).is_some_and(|l| l.expires_ms > now_ms)
+    }
+
     /// Records elements the kernel acknowledged, written at `now_ms`. An element's life is the
     /// longest any name gave it.
     pub fn commit(&mut self, written: &[Want], now_ms: u64) {
