@@ -483,6 +483,128 @@ sets = ["inet filter apple4", "inet filter apple6"]
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
 
+#[tokio::test]
+async fn external_interval_sets_take_static_networks_and_single_addresses() {
+    let ns = NetNs::new();
+    ns.exec(
+        "nft",
+        &["add table inet filter; add set inet filter apple4 { type ipv4_addr . inet_proto . inet_service; flags interval, timeout; }; add set inet filter apple6 { type ipv6_addr; flags interval, timeout; }; add set inet filter plain4 { type ipv4_addr; flags timeout; }"],
+    );
+    let state = tempfile::tempdir().expect("tmp");
+    let up = Upstream::start().await;
+    // 17.249.0.0/16 lies inside 17.0.0.0/8 (an interval set refuses overlaps: only the /8
+    // is written); 192.0.2.0/25 covers a.example.test's 192.0.2.1, which is then not written.
+    let zones = r#"
+[[zone]]
+name = "ext"
+ports = ["tcp/443", "tcp/5223"]
+hosts = ["*.example.test"]
+sets = ["inet filter apple4", "inet filter apple6"]
+static = ["17.0.0.0/8", "17.249.0.0/16", "192.0.2.0/25", "2620:149:a44::/48"]
+"#;
+    let cfg = fw_config(state.path(), "").replace("mode = \"managed\"", "mode = \"external\"");
+    // Static networks need interval sets: a plain set is refused with the fix.
+    let bad = Setup::new(&cfg, &[up.addr], &zones.replace("apple4", "plain4"));
+    let (config, policy) = bad.load();
+    let zones_vec = policy.zones().to_vec();
+    let err = ns
+        .run(move || {
+            ::pinhole::firewall::Firewall::start(
+                &config.firewall,
+                &zones_vec,
+                None,
+                std::sync::Arc::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        })
+        .expect("start must fail");
+    assert!(
+        err.contains(
+            "static network 17.0.0.0/8 needs set inet filter plain4 to have `flags interval`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("flags interval, timeout;"), "{err}");
+
+    let setup = Setup::new(&cfg, &[up.addr], zones);
+    let (p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+    for (name, rtype) in [
+        ("a.example.test.", RecordType::A),
+        ("n7.many.example.test.", RecordType::A),
+        ("www.example.test.", RecordType::AAAA),
+    ] {
+        let m = query_udp(p.addr, name, rtype, None).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+    }
+    let (v4, v6) = ns.run(|| {
+        let mut nft = Nft::open().expect("nl");
+        (
+            nft.list_elements(Family::Inet, "filter", "apple4")
+                .expect("list4"),
+            nft.list_elements(Family::Inet, "filter", "apple6")
+                .expect("list6"),
+        )
+    });
+    let port = |addr: &str, port: u16| ListedKey::Port {
+        addr: addr.parse().expect("ip"),
+        proto: 6,
+        port,
+    };
+    let mut ranges: Vec<(ListedKey, Option<ListedKey>, bool)> = v4
+        .iter()
+        .map(|e| (e.key.clone(), e.key_end.clone(), e.timeout.is_some()))
+        .collect();
+    ranges.sort_by_key(|r| format!("{r:?}"));
+    let (n7, _) = many_addr(7);
+    let n7 = n7.to_string();
+    let mut want = vec![
+        (
+            port("17.0.0.0", 443),
+            Some(port("17.255.255.255", 443)),
+            false,
+        ),
+        (
+            port("17.0.0.0", 5223),
+            Some(port("17.255.255.255", 5223)),
+            false,
+        ),
+        (
+            port("192.0.2.0", 443),
+            Some(port("192.0.2.127", 443)),
+            false,
+        ),
+        (
+            port("192.0.2.0", 5223),
+            Some(port("192.0.2.127", 5223)),
+            false,
+        ),
+        (port(&n7, 443), Some(port(&n7, 443)), true),
+        (port(&n7, 5223), Some(port(&n7, 5223)), true),
+    ];
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(ranges, want, "statics without timeout, one address with it");
+    // The IPv6 set is a plain interval set: start and end elements.
+    let v6_keys: Vec<(ListedKey, bool, bool)> = v6
+        .iter()
+        .map(|e| (e.key.clone(), e.interval_end, e.timeout.is_some()))
+        .collect();
+    let addr = |a: &str| ListedKey::Addr(a.parse().expect("ip"));
+    for want in [
+        (addr("2620:149:a44::"), false, false),
+        (addr("2620:149:a45::"), true, false),
+        (addr("2001:db8::10"), false, true),
+        (addr("2001:db8::11"), true, false),
+    ] {
+        assert!(v6_keys.contains(&want), "{want:?} in {v6_keys:?}");
+    }
+    assert_eq!(pinhole::metric(&p.metrics, "nft_errors_total"), 0);
+    // A restart writes the same statics again without error.
+    drop(p);
+    let setup = Setup::new(&cfg, &[up.addr], zones);
+    let (_p, _fw) = pinhole::start_with_firewall(setup, &ns).await;
+}
+
 #[test]
 fn the_printed_ruleset_loads_into_the_kernel_with_static_networks_on_their_ports() {
     let ns = NetNs::new();

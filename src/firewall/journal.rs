@@ -213,6 +213,7 @@ mod tests {
                 name: (*n).into(),
                 v6: *v6,
                 ports: true,
+                interval: false,
             })
             .collect();
         let (mut j, live, _) = Journal::open(dir.path(), &labels, 1_000).expect("open");

@@ -7,12 +7,12 @@
 //! firewall reload, and the ruleset text. It never decides policy and never answers queries:
 //! the request path asks it to open elements and waits for the acknowledgement.
 
+pub mod external;
 pub mod journal;
 pub mod nft;
 pub mod ruleset;
 pub mod table;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -60,6 +60,8 @@ pub struct SetRef {
     pub v6: bool,
     /// Elements are `addr . proto . port` (else the address alone).
     pub ports: bool,
+    /// The set has `flags interval` (it can hold networks; an address is a one-address range).
+    pub interval: bool,
 }
 
 impl SetRef {
@@ -98,6 +100,9 @@ pub struct Firewall {
     lifetimes: Lifetimes,
     deadline: Duration,
     mode: FirewallMode,
+    /// Per set (by index), the static networks written into it: addresses they cover are
+    /// not written again (an interval set refuses overlapping elements).
+    covers: Vec<Vec<external::Cover>>,
 }
 
 fn managed_specs() -> [SetSpec; 2] {
@@ -109,14 +114,28 @@ fn managed_specs() -> [SetSpec; 2] {
 
 fn element(set: &SetRef, w: &Want, now_ms: u64, expires_ms: Option<u64>) -> Element {
     let timeout = Duration::from_millis(w.timeout_ms);
-    let mut e = if set.ports {
-        Element::port(w.key.addr, w.key.proto, w.key.port, timeout)
-    } else {
-        Element {
-            key: Key::Addr(w.key.addr),
-            timeout: Some(timeout),
-            expires: Some(timeout),
-        }
+    let key = match (set.ports, set.interval) {
+        (true, false) => Key::Port {
+            addr: w.key.addr,
+            proto: w.key.proto,
+            port: w.key.port,
+        },
+        (true, true) => Key::PortRange {
+            first: w.key.addr,
+            last: w.key.addr,
+            proto: w.key.proto,
+            port: w.key.port,
+        },
+        (false, false) => Key::Addr(w.key.addr),
+        (false, true) => Key::Net {
+            addr: w.key.addr,
+            prefix_len: if w.key.addr.is_ipv4() { 32 } else { 128 },
+        },
+    };
+    let mut e = Element {
+        key,
+        timeout: Some(timeout),
+        expires: Some(timeout),
     };
     // Replays give the time left, so an element is not extended by a restart.
     if let Some(exp) = expires_ms {
@@ -139,8 +158,15 @@ impl Firewall {
         metrics: Arc<Metrics>,
     ) -> Result<Firewall, FirewallError> {
         let mut nft = Nft::open().map_err(FirewallError::Socket)?;
+        let mut covers = Vec::new();
         let (sets, zone_sets) = match cfg.mode {
-            FirewallMode::External => external_sets(&mut nft, zones)?,
+            FirewallMode::External => {
+                let ext = external::check_sets(&mut nft, zones)?;
+                external::write_statics(&mut nft, &ext.statics)
+                    .map_err(|e| FirewallError::Write(format!("static networks: {e}")))?;
+                covers = ext.covers;
+                (ext.sets, ext.zone_sets)
+            }
             _ => {
                 nft.create_table_and_sets(Family::Inet, &cfg.table, &managed_specs())
                     .map_err(|source| FirewallError::Setup {
@@ -154,6 +180,7 @@ impl Firewall {
                         name: ruleset::SET4.into(),
                         v6: false,
                         ports: true,
+                        interval: false,
                     },
                     SetRef {
                         family: Family::Inet,
@@ -161,6 +188,7 @@ impl Firewall {
                         name: ruleset::SET6.into(),
                         v6: true,
                         ports: true,
+                        interval: false,
                     },
                 ];
                 (sets, vec![vec![0, 1]; zones.len()])
@@ -240,6 +268,7 @@ impl Firewall {
             },
             deadline: Duration::from_millis(cfg.write_deadline_ms),
             mode: cfg.mode,
+            covers,
         })
     }
 
@@ -268,9 +297,19 @@ impl Firewall {
     /// The wants that need a kernel write (their element would expire too early).
     pub fn missing(&self, wants: &[Want]) -> Vec<Want> {
         let now = now_ms();
+        let uncovered = |w: &&Want| {
+            self.covers
+                .get(usize::from(w.key.set))
+                .is_none_or(|c| !external::covered(c, &w.key))
+        };
         match self.table.lock() {
-            Ok(t) => t.missing(wants, now).into_iter().cloned().collect(),
-            Err(_) => wants.to_vec(),
+            Ok(t) => t
+                .missing(wants, now)
+                .into_iter()
+                .filter(uncovered)
+                .cloned()
+                .collect(),
+            Err(_) => wants.iter().filter(uncovered).cloned().collect(),
         }
     }
 
@@ -303,104 +342,6 @@ impl Firewall {
             .lock()
             .map(|t| t.snapshot(now_ms()))
             .unwrap_or_default()
-    }
-}
-
-/// External mode: the sets the zones name must exist with a fitting type and `flags timeout`.
-/// Every problem is reported at once, each with the `nft` command that fixes it.
-fn external_sets(
-    nft: &mut Nft,
-    zones: &[ZoneDef],
-) -> Result<(Vec<SetRef>, Vec<Vec<u16>>), FirewallError> {
-    let mut sets: Vec<SetRef> = Vec::new();
-    let mut zone_sets = Vec::with_capacity(zones.len());
-    let mut problems = String::new();
-    for z in zones {
-        let mut mine = Vec::new();
-        for label in &z.sets {
-            let Some((family, table, name)) = parse_set_label(label) else {
-                let _ = writeln!(
-                    problems,
-                    "zone {} ({}): set {label:?} is not \"family table set\"",
-                    z.name,
-                    z.file.display()
-                );
-                continue;
-            };
-            if let Some(i) = sets
-                .iter()
-                .position(|s| s.family == family && s.table == table && s.name == name)
-            {
-                mine.push(i as u16);
-                continue;
-            }
-            let fix_create = format!(
-                "nft add table {family} {table}; nft add set {family} {table} {name} '{{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}'  (or ipv6_addr for IPv6, or a plain ipv4_addr/ipv6_addr set without ports)"
-            );
-            match nft.get_set(family, &table, &name) {
-                Ok(None) => {
-                    let _ = writeln!(
-                        problems,
-                        "zone {}: set {family} {table} {name} does not exist\n  fix: {fix_create}",
-                        z.name
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(
-                        problems,
-                        "zone {}: cannot read set {family} {table} {name}: {e}",
-                        z.name
-                    );
-                }
-                Ok(Some(info)) => {
-                    let kind = match info.key {
-                        Some(KeyType::V4Port) => Some((false, true)),
-                        Some(KeyType::V6Port) => Some((true, true)),
-                        Some(KeyType::V4Net) if !info.flags.contains(SetFlags::INTERVAL) => {
-                            Some((false, false))
-                        }
-                        Some(KeyType::V6Net) if !info.flags.contains(SetFlags::INTERVAL) => {
-                            Some((true, false))
-                        }
-                        _ => None,
-                    };
-                    match kind {
-                        None => {
-                            let _ = writeln!(
-                                problems,
-                                "zone {}: set {family} {table} {name} has a type pinhole cannot write (it needs ipv4_addr . inet_proto . inet_service, ipv6_addr . inet_proto . inet_service, or a plain ipv4_addr/ipv6_addr set)\n  fix: nft delete set {family} {table} {name}; {fix_create}",
-                                z.name
-                            );
-                        }
-                        Some(_) if !info.flags.contains(SetFlags::TIMEOUT) => {
-                            let _ = writeln!(
-                                problems,
-                                "zone {}: set {family} {table} {name} lacks `flags timeout`, so its elements could never expire\n  fix: recreate it with flags timeout: nft delete set {family} {table} {name}; {fix_create}",
-                                z.name
-                            );
-                        }
-                        Some((v6, ports)) => {
-                            mine.push(sets.len() as u16);
-                            sets.push(SetRef {
-                                family,
-                                table,
-                                name,
-                                v6,
-                                ports,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        zone_sets.push(mine);
-    }
-    if problems.is_empty() {
-        Ok((sets, zone_sets))
-    } else {
-        Err(FirewallError::Check(format!(
-            "external firewall sets are not usable:\n{problems}"
-        )))
     }
 }
 

@@ -104,6 +104,7 @@ mod sys {
     pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
     pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
     pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+    pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
     // enum nft_set_elem_list_attributes
     pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
     pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -395,6 +396,15 @@ pub enum Key {
         /// Port, host byte order.
         port: u16,
     },
+    /// `first_addr . proto . port - last_addr . proto . port`, for `interval` sets of
+    /// [`KeyType::V4Port`]/[`KeyType::V6Port`] (the pipapo backend): a key and an inclusive
+    /// key end. One address is a range with `first == last`.
+    PortRange {
+        first: IpAddr,
+        last: IpAddr,
+        proto: u8,
+        port: u16,
+    },
     /// One address, for plain (non-interval) sets of [`KeyType::V4Net`]/[`KeyType::V6Net`],
     /// as dnsmasq's `--nftset` writes them.
     Addr(IpAddr),
@@ -473,6 +483,8 @@ pub struct ListedElement {
     pub key: ListedKey,
     /// Marks the (exclusive) end of an interval in an `interval` set.
     pub interval_end: bool,
+    /// The inclusive end of a range in a concatenated `interval` set (pipapo).
+    pub key_end: Option<ListedKey>,
     /// The element's timeout, if the kernel reports one.
     pub timeout: Option<Duration>,
     /// Time left before it expires.
@@ -721,7 +733,7 @@ fn addr_bytes(a: IpAddr) -> Vec<u8> {
 /// Append one `NFTA_LIST_ELEM`.
 fn put_elem(
     b: &mut MsgBuf,
-    key: &[u8],
+    (key, key_end): (&[u8], Option<&[u8]>),
     flags: u32,
     timeout: Option<Duration>,
     expires: Option<Duration>,
@@ -730,6 +742,11 @@ fn put_elem(
     let k = b.nest_start(sys::NFTA_SET_ELEM_KEY);
     b.attr(sys::NFTA_DATA_VALUE, key)?;
     b.nest_end(k)?;
+    if let Some(end) = key_end {
+        let k = b.nest_start(sys::NFTA_SET_ELEM_KEY_END);
+        b.attr(sys::NFTA_DATA_VALUE, end)?;
+        b.nest_end(k)?;
+    }
     if flags != 0 {
         b.attr_u32(sys::NFTA_SET_ELEM_FLAGS, flags)?;
     }
@@ -799,17 +816,43 @@ fn push_elements(
 
 fn encode_element(b: &mut MsgBuf, e: &Element) -> Result<()> {
     match e.key {
-        Key::Port { addr, proto, port } => {
-            put_elem(b, &port_key(addr, proto, port), 0, e.timeout, e.expires)
+        Key::Port { addr, proto, port } => put_elem(
+            b,
+            (&port_key(addr, proto, port), None),
+            0,
+            e.timeout,
+            e.expires,
+        ),
+        Key::PortRange {
+            first,
+            last,
+            proto,
+            port,
+        } => {
+            if first.is_ipv4() != last.is_ipv4() {
+                return Err(NftError::Invalid(format!(
+                    "range {first}-{last} mixes families"
+                )));
+            }
+            put_elem(
+                b,
+                (
+                    &port_key(first, proto, port),
+                    Some(&port_key(last, proto, port)),
+                ),
+                0,
+                e.timeout,
+                e.expires,
+            )
         }
-        Key::Addr(addr) => put_elem(b, &addr_bytes(addr), 0, e.timeout, e.expires),
+        Key::Addr(addr) => put_elem(b, (&addr_bytes(addr), None), 0, e.timeout, e.expires),
         Key::Net { addr, prefix_len } => {
             let (start, end) = cidr_bounds(addr, prefix_len)?;
-            put_elem(b, &addr_bytes(start), 0, e.timeout, e.expires)?;
+            put_elem(b, (&addr_bytes(start), None), 0, e.timeout, e.expires)?;
             match end {
                 Some(end) => put_elem(
                     b,
-                    &addr_bytes(end),
+                    (&addr_bytes(end), None),
                     sys::NFT_SET_ELEM_INTERVAL_END,
                     None,
                     None,
@@ -960,6 +1003,10 @@ fn parse_set_elems(attrs: &[(u16, &[u8])], out: &mut Vec<ListedElement>) -> Resu
             .transpose()?
             .and_then(|ka| find(&ka, sys::NFTA_DATA_VALUE).map(decode_key))
             .ok_or_else(|| proto_err("set element without key"))?;
+        let key_end = find(&ea, sys::NFTA_SET_ELEM_KEY_END)
+            .map(parse_attrs)
+            .transpose()?
+            .and_then(|ka| find(&ka, sys::NFTA_DATA_VALUE).map(decode_key));
         let flags = find(&ea, sys::NFTA_SET_ELEM_FLAGS)
             .map(be32)
             .transpose()?
@@ -973,6 +1020,7 @@ fn parse_set_elems(attrs: &[(u16, &[u8])], out: &mut Vec<ListedElement>) -> Resu
         out.push(ListedElement {
             key,
             interval_end: flags & sys::NFT_SET_ELEM_INTERVAL_END != 0,
+            key_end,
             timeout: ms(sys::NFTA_SET_ELEM_TIMEOUT)?,
             expires: ms(sys::NFTA_SET_ELEM_EXPIRATION)?,
         });
