@@ -15,7 +15,7 @@ pub mod table;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ struct WriteReq {
 /// The firewall writer and the allowlist table, shared by every request.
 pub struct Firewall {
     table: Arc<Mutex<AllowTable>>,
-    tx: mpsc::Sender<WriteReq>,
+    shared: Arc<Shared>,
     sets: Arc<Vec<SetRef>>,
     /// Per zone (by `ZoneId`), the indexes of its sets.
     zone_sets: Vec<Vec<u16>>,
@@ -241,7 +241,6 @@ impl Firewall {
                 }
             },
         };
-        let (tx, rx) = mpsc::channel();
         let writer = Writer {
             nft,
             table: Arc::clone(&table),
@@ -252,13 +251,19 @@ impl Firewall {
             in_place_update,
             metrics,
         };
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(writer),
+            queue: Mutex::new(Vec::new()),
+            leader: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
-            .name("pinhole-nft".into())
-            .spawn(move || writer.run(rx))
+            .name("pinhole-nft-watch".into())
+            .spawn(move || watch(weak))
             .map_err(FirewallError::Socket)?;
         Ok(Firewall {
             table,
-            tx,
+            shared,
             sets,
             zone_sets,
             lifetimes: Lifetimes {
@@ -320,9 +325,19 @@ impl Firewall {
             return Ok(());
         }
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(WriteReq { wants, done })
-            .map_err(|_| FirewallError::Write("writer stopped".into()))?;
+        match self.shared.queue.lock() {
+            Ok(mut q) => q.push(WriteReq { wants, done }),
+            Err(_) => return Err(FirewallError::Write("writer queue poisoned".into())),
+        }
+        if !self.shared.leader.swap(true, Ordering::AcqRel) {
+            // This request leads the next batch. It lets the other tasks that are ready run
+            // first, so that their requests join the batch, then writes on this thread: no
+            // hand-over to another thread and back. If the task is dropped while it yields,
+            // the guard writes the batch anyway.
+            let guard = LeadGuard(&self.shared);
+            tokio::task::yield_now().await;
+            drop(guard);
+        }
         let wait = async {
             match rx.await {
                 Ok(Ok(())) => Ok(()),
@@ -424,9 +439,10 @@ fn replay(
     write_grouped(nft, sets, &items, now)
 }
 
-/// The writer thread: gathers every pending request into one batch, sends it, waits for the
-/// acknowledgement, records it, answers every request. Between batches it checks twice a
-/// second that a managed table and its sets are still there and repairs them if not.
+/// The writer: sends one batch of requests, waits for the acknowledgement, records it, and
+/// answers every request. It runs on the thread of the request that leads the batch, and on
+/// the watch thread, which checks twice a second that a managed table and its sets are still
+/// there and repairs them if not.
 struct Writer {
     nft: Nft,
     table: Arc<Mutex<AllowTable>>,
@@ -445,36 +461,73 @@ const MAX_BATCH_REQUESTS: usize = 512;
 /// How often the table's presence is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<WriteReq>) {
-        let mut last_check = Instant::now();
+/// What the request path and the watch thread share: the writer (one netlink socket), the
+/// queue of pending requests, and whether a request has taken the lead of the next batch.
+struct Shared {
+    writer: Mutex<Writer>,
+    queue: Mutex<Vec<WriteReq>>,
+    leader: AtomicBool,
+}
+
+impl Shared {
+    /// Group commit: writes everything queued, batch after batch, until the queue is empty,
+    /// then gives up the lead. A request queued after the last batch either sees the lead
+    /// free and takes it, or is found by the check after the lead is given up.
+    fn lead(&self) {
         loop {
-            // Wait for work, but wake up to check the ruleset at least every WATCH_INTERVAL.
-            let first = match rx.recv_timeout(WATCH_INTERVAL) {
-                Ok(r) => Some(r),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            if last_check.elapsed() >= WATCH_INTERVAL {
-                self.repair_if_wiped();
-                // Forget what the kernel has dropped (O(live elements), so not per batch).
-                if let Ok(mut t) = self.table.lock() {
-                    t.expire(now_ms());
-                }
-                last_check = Instant::now();
-            }
-            let Some(first) = first else { continue };
-            let mut reqs = vec![first];
-            while reqs.len() < MAX_BATCH_REQUESTS {
-                match rx.try_recv() {
-                    Ok(r) => reqs.push(r),
-                    Err(_) => break,
+            if let Ok(mut writer) = self.writer.lock() {
+                loop {
+                    let reqs: Vec<WriteReq> = match self.queue.lock() {
+                        Ok(mut q) if q.len() > MAX_BATCH_REQUESTS => {
+                            let rest = q.split_off(MAX_BATCH_REQUESTS);
+                            std::mem::replace(&mut *q, rest)
+                        }
+                        Ok(mut q) => std::mem::take(&mut *q),
+                        Err(_) => Vec::new(),
+                    };
+                    if reqs.is_empty() {
+                        break;
+                    }
+                    writer.write_batch(reqs);
                 }
             }
-            self.write_batch(reqs);
+            self.leader.store(false, Ordering::Release);
+            let pending = self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
+            if !pending || self.leader.swap(true, Ordering::AcqRel) {
+                return;
+            }
         }
     }
+}
 
+/// Writes the led batch when dropped: after the yield, or when the leading task is cancelled.
+struct LeadGuard<'a>(&'a Shared);
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lead();
+    }
+}
+
+/// Twice a second: repairs a wiped managed table and forgets what the kernel has dropped.
+/// Ends when the firewall is dropped.
+fn watch(shared: std::sync::Weak<Shared>) {
+    loop {
+        std::thread::sleep(WATCH_INTERVAL);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Ok(mut w) = shared.writer.lock() {
+            w.repair_if_wiped();
+            // O(live elements), so not per batch.
+            if let Ok(mut t) = w.table.lock() {
+                t.expire(now_ms());
+            }
+        }
+    }
+}
+
+impl Writer {
     fn write_batch(&mut self, reqs: Vec<WriteReq>) {
         let now = now_ms();
         // Concurrent requests often want the same element: write it once, with the longest timeout.
