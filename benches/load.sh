@@ -356,6 +356,9 @@ EOF
     NSX=$pfx
     wait_ready knotd "$pid" "$UP_PORT" "u$NAMES.bench.test" "$(expected_addr "$NAMES")" "$dir/knotd.log"
     check_comm "$pid" knotd
+    # knotd pins its UDP worker threads to CPUs itself, over the taskset above:
+    # put every thread back on the load CPU so that it never shares the server's.
+    taskset -a -p -c "$LOAD_CPU" "$pid" >/dev/null
     NSX=
     if [ -z "$pfx" ]; then KNOT_CMD=$cmd; else KNOT_NS_CMD=$cmd; fi
 }

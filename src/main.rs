@@ -181,7 +181,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 Arc::clone(&metrics),
             )?)),
         };
-        let server = Server::start(&config, policy, firewall, Arc::clone(&metrics)).await?;
+        let server = Server::start(&config, policy, firewall.clone(), Arc::clone(&metrics)).await?;
         tracing::info!(
             zones,
             upstreams = config.upstream.resolved.len(),
@@ -190,6 +190,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;
+        if let Some(fw) = &firewall {
+            fw.flush_journal();
+        }
         Ok(())
     })
 }

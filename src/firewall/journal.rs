@@ -33,7 +33,13 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     lines: usize,
+    /// Lines not yet written: the writer appends here, and the file gets them every half
+    /// second (the watch thread), when 64 KiB have gathered, and when the journal is dropped.
+    pending: String,
 }
+
+/// Bytes of pending lines that make `append` write at once.
+const PENDING_LIMIT: usize = 64 * 1024;
 
 impl Journal {
     /// Opens (creating the folder if needed) and loads the journal at `dir/allowlist.journal`.
@@ -72,7 +78,9 @@ impl Journal {
             let mut f = File::create(&tmp).map_err(io)?;
             for (k, l) in &entries {
                 if let Some(label) = sets.get(usize::from(k.set)) {
-                    writeln!(f, "{}", format_line(k, l, label)).map_err(io)?;
+                    let mut line = String::new();
+                    push_line(&mut line, k, l, label);
+                    f.write_all(line.as_bytes()).map_err(io)?;
                 }
             }
             f.sync_all().map_err(io)?;
@@ -84,6 +92,7 @@ impl Journal {
                 path,
                 file,
                 lines: entries.len(),
+                pending: String::new(),
             },
             entries,
             bad,
@@ -93,11 +102,10 @@ impl Journal {
     /// Appends acknowledged elements.
     pub fn append(
         &mut self,
-        written: &[Want],
+        written: &[&Want],
         sets: &[SetRef],
         now_ms: u64,
     ) -> Result<(), JournalError> {
-        let mut text = String::new();
         for w in written {
             let Some(set) = sets.get(usize::from(w.key.set)) else {
                 continue;
@@ -107,16 +115,26 @@ impl Journal {
                 zone: Arc::clone(&w.zone),
                 name: Arc::clone(&w.name),
             };
-            text.push_str(&format_line(&w.key, &live, &set.label()));
-            text.push('\n');
+            push_line(&mut self.pending, &w.key, &live, &set.label());
         }
         self.lines += written.len();
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        if self.pending.len() >= PENDING_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending lines to the file.
+    pub fn flush(&mut self) -> Result<(), JournalError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(self.pending.as_bytes());
+        self.pending.clear();
+        result.map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Whether the file has grown to more than twice the `live` elements (plus slack).
@@ -146,8 +164,7 @@ impl Journal {
                 let Some(set) = sets.get(usize::from(k.set)) else {
                     continue;
                 };
-                text.push_str(&format_line(k, l, &set.label()));
-                text.push('\n');
+                push_line(&mut text, k, l, &set.label());
             }
             f.write_all(text.as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
@@ -158,15 +175,25 @@ impl Journal {
             .open(&self.path)
             .map_err(io)?;
         self.lines = live.len();
+        // Every pending line is in `live` (the table is committed before the journal).
+        self.pending.clear();
         Ok(())
     }
 }
 
-fn format_line(k: &ElemKey, l: &Live, set: &str) -> String {
-    format!(
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+fn push_line(out: &mut String, k: &ElemKey, l: &Live, set: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
         "{} {} {} {} {} {} {set}",
         l.expires_ms, k.addr, k.proto, k.port, l.zone, l.name
-    )
+    );
 }
 
 fn parse_line(line: &str, sets: &[String]) -> Option<(ElemKey, Live)> {
@@ -231,7 +258,7 @@ mod tests {
             name: "mesu.apple.com".into(),
         };
         j.append(
-            &[w("192.0.2.1", 60_000), w("2001:db8::1", 5_000)],
+            &[&w("192.0.2.1", 60_000), &w("2001:db8::1", 5_000)],
             &sets,
             1_000,
         )

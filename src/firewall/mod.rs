@@ -351,6 +351,15 @@ impl Firewall {
         }
     }
 
+    /// Writes the journal's pending lines (at shutdown; otherwise every half second).
+    pub fn flush_journal(&self) {
+        if let Ok(mut w) = self.shared.writer.lock()
+            && let Some(Err(e)) = w.journal.as_mut().map(Journal::flush)
+        {
+            tracing::warn!(error = %e, "journal write failed at shutdown");
+        }
+    }
+
     /// Live elements for `status`.
     pub fn snapshot(&self) -> Vec<(ElemKey, Live)> {
         self.table
@@ -519,6 +528,10 @@ fn watch(shared: std::sync::Weak<Shared>) {
         };
         if let Ok(mut w) = shared.writer.lock() {
             w.repair_if_wiped();
+            if let Some(Err(e)) = w.journal.as_mut().map(Journal::flush) {
+                Metrics::inc(&w.metrics.journal_errors_total);
+                tracing::warn!(error = %e, "journal write failed; a restart may lose elements");
+            }
             // O(live elements), so not per batch.
             if let Ok(mut t) = w.table.lock() {
                 t.expire(now_ms());
@@ -562,11 +575,11 @@ impl Writer {
             .observe(items.len() as u64);
         let outcome = match result {
             Ok(()) => {
-                let all: Vec<Want> = reqs.iter().flat_map(|r| r.wants.iter().cloned()).collect();
+                let written: Vec<&Want> = items.iter().map(|i| i.0).collect();
                 if let Ok(mut t) = self.table.lock() {
-                    t.commit(&all, now);
+                    t.commit(written.iter().copied(), now);
                 }
-                self.journal_append(&all, now);
+                self.journal_append(&written, now);
                 Ok(())
             }
             Err(e) => {
@@ -583,7 +596,7 @@ impl Writer {
         }
     }
 
-    fn journal_append(&mut self, all: &[Want], now: u64) {
+    fn journal_append(&mut self, all: &[&Want], now: u64) {
         let Some(j) = self.journal.as_mut() else {
             return;
         };

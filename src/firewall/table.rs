@@ -109,7 +109,7 @@ impl AllowTable {
 
     /// Records elements the kernel acknowledged, written at `now_ms`. An element's life is the
     /// longest any name gave it.
-    pub fn commit(&mut self, written: &[Want], now_ms: u64) {
+    pub fn commit<'a>(&mut self, written: impl IntoIterator<Item = &'a Want>, now_ms: u64) {
         for w in written {
             let expires_ms = now_ms + w.timeout_ms;
             match self.live.get_mut(&w.key) {
