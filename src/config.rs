@@ -28,6 +28,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub firewall: FirewallConfig,
     pub control: ControlConfig,
+    pub tls: TlsConfig,
     /// Where the file was read from; relative paths inside it are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -92,24 +93,83 @@ fn default_allow_clients() -> Vec<IpNet> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `"IP"` or `"IP:PORT"` (IPv6 as `"[::1]:53"`), tried in order of health.
+    /// Plain: `"IP"` or `"IP:PORT"` (IPv6 as `"[::1]:53"`). DNS over TLS:
+    /// `"tls://IP[:PORT]#NAME"`. DNS over HTTPS: `"https://IP[:PORT]/PATH#NAME"`. NAME is the
+    /// name the server's certificate must carry (sent as SNI); without it, the IP address.
+    /// Encrypted servers are tried first, in order of health; plain ones only when
+    /// `fallback` allows it (or when no encrypted server is listed).
     pub servers: Vec<Spanned<String>>,
+    /// When every encrypted server fails: ask the plain servers of the list (true), or answer
+    /// SERVFAIL (false, the default: never a silent downgrade).
+    pub fallback: bool,
+    /// PEM file of the CAs that sign the encrypted servers' certificates; absent = the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     /// The whole time a client waits before getting SERVFAIL (milliseconds).
     pub timeout_ms: u64,
     /// The time one upstream has to answer before the next is tried (milliseconds).
     pub attempt_timeout_ms: u64,
     /// Resolved servers; filled in by validation.
     #[serde(skip)]
-    pub resolved: Vec<SocketAddr>,
+    pub resolved: Vec<UpstreamServer>,
+    /// TLS client settings for encrypted servers (roots loaded); filled in by validation.
+    #[serde(skip)]
+    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// How pinhole talks to one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProto {
+    /// UDP, TCP when the answer is truncated.
+    Plain,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484), HTTP/2.
+    Https,
+}
+
+/// One upstream server as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamServer {
+    pub proto: UpstreamProto,
+    pub addr: SocketAddr,
+    /// The name the certificate must carry (and SNI); `None`: the IP address.
+    pub name: Option<String>,
+    /// DoH path, e.g. `/dns-query`.
+    pub path: String,
+}
+
+impl UpstreamServer {
+    pub fn is_encrypted(&self) -> bool {
+        self.proto != UpstreamProto::Plain
+    }
+}
+
+impl std::fmt::Display for UpstreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .name
+            .as_deref()
+            .map(|n| format!("#{n}"))
+            .unwrap_or_default();
+        match self.proto {
+            UpstreamProto::Plain => write!(f, "{}", self.addr),
+            UpstreamProto::Tls => write!(f, "tls://{}{name}", self.addr),
+            UpstreamProto::Https => write!(f, "https://{}{}{name}", self.addr, self.path),
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             servers: Vec::new(),
+            fallback: false,
+            ca_file: None,
             timeout_ms: 2500,
             attempt_timeout_ms: 800,
             resolved: Vec::new(),
+            tls_client: None,
         }
     }
 }
@@ -162,6 +222,10 @@ pub enum BlockAction {
     Sinkhole,
     /// Resolve upstream and answer, but nothing is allowed in the firewall.
     Forward,
+    /// RCODE SERVFAIL: simulates a failing resolver (encrypted-DNS fallback tests).
+    Servfail,
+    /// No answer at all: simulates a resolver that times out.
+    Drop,
 }
 
 impl BlockAction {
@@ -172,6 +236,8 @@ impl BlockAction {
             BlockAction::Nodata => "nodata",
             BlockAction::Sinkhole => "sinkhole",
             BlockAction::Forward => "forward",
+            BlockAction::Servfail => "servfail",
+            BlockAction::Drop => "drop",
         }
     }
 }
@@ -210,35 +276,126 @@ impl Default for PolicyConfig {
     }
 }
 
-/// The answer pinhole gives a special name itself.
+/// The answer for a special name: its usual one, a simulated failure, or none (not special).
+/// In the file: `true` (the usual answer), `false` or `"off"` (not special: the policy
+/// decides), or one of `"nxdomain"`, `"nodata"`, `"refuse"`, `"servfail"`, `"drop"` (no
+/// answer at all), to watch how clients fall back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "SpecialSetting")]
 pub enum SpecialAnswer {
+    /// The name's usual answer (DDR for `_dns.resolver.arpa`, NXDOMAIN for the canaries).
+    Usual,
     Nxdomain,
     Nodata,
+    Refuse,
+    Servfail,
+    Drop,
     /// Not special: the name goes through the policy like any other.
     Off,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpecialSetting {
+    Switch(bool),
+    Answer(String),
+}
+
+impl TryFrom<SpecialSetting> for SpecialAnswer {
+    type Error = String;
+    fn try_from(v: SpecialSetting) -> Result<Self, String> {
+        Ok(match v {
+            SpecialSetting::Switch(true) => SpecialAnswer::Usual,
+            SpecialSetting::Switch(false) => SpecialAnswer::Off,
+            SpecialSetting::Answer(a) => match a.as_str() {
+                "nxdomain" => SpecialAnswer::Nxdomain,
+                "nodata" => SpecialAnswer::Nodata,
+                "refuse" => SpecialAnswer::Refuse,
+                "servfail" => SpecialAnswer::Servfail,
+                "drop" => SpecialAnswer::Drop,
+                "off" => SpecialAnswer::Off,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a special-name answer: use true, false, \"nxdomain\", \"nodata\", \"refuse\", \"servfail\", \"drop\" or \"off\""
+                    ));
+                }
+            },
+        })
+    }
 }
 
 /// `[special]`: names answered locally and never forwarded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpecialConfig {
-    /// `resolver.arpa` and below (RFC 9462): NODATA.
-    pub resolver_arpa: bool,
-    /// `mask.icloud.com`, `mask-h2.icloud.com`: iCloud Private Relay's network opt-out signal.
+    /// `resolver.arpa` and below (RFC 9462): DDR for `_dns.resolver.arpa` SVCB when `[tls]`
+    /// listeners exist, NODATA otherwise.
+    pub resolver_arpa: SpecialAnswer,
+    /// `mask.icloud.com`, `mask-h2.icloud.com`: iCloud Private Relay's network opt-out signal
+    /// (usual answer: NXDOMAIN).
     pub private_relay: SpecialAnswer,
-    /// `use-application-dns.net`: the canary that turns off browsers' own DoH.
-    pub application_dns_canary: bool,
+    /// `use-application-dns.net`: the canary that turns off browsers' own DoH (usual answer:
+    /// NXDOMAIN).
+    pub application_dns_canary: SpecialAnswer,
 }
 
 impl Default for SpecialConfig {
     fn default() -> Self {
         SpecialConfig {
-            resolver_arpa: true,
+            resolver_arpa: SpecialAnswer::Usual,
             private_relay: SpecialAnswer::Nxdomain,
-            application_dns_canary: true,
+            application_dns_canary: SpecialAnswer::Usual,
         }
+    }
+}
+
+/// `[tls]`: pinhole's own DNS over TLS and DNS over HTTPS listeners, and what DDR advertises.
+/// Absent (no listeners): no encrypted serving, and `_dns.resolver.arpa` gets NODATA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (relative to the config file's folder).
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<PathBuf>,
+    /// DNS over TLS listeners, e.g. `["0.0.0.0:853"]`.
+    pub dot_listen: Vec<SocketAddr>,
+    /// DNS over HTTPS (HTTP/2) listeners, e.g. `["0.0.0.0:443"]`.
+    pub doh_listen: Vec<SocketAddr>,
+    /// The DoH path (RFC 8484 `dohpath` without the `{?dns}` template).
+    pub doh_path: String,
+    /// The resolver's name in DDR answers (SVCB TargetName); the certificate must carry it.
+    pub hostname: Option<String>,
+    /// Addresses DDR advertises as `ipv4hint`/`ipv6hint`; empty = the listen addresses that
+    /// are not wildcards.
+    pub ddr_addresses: Vec<IpAddr>,
+    /// How often the certificate and key files are checked for changes (seconds); 0 = only
+    /// on SIGHUP.
+    pub reload_check_s: u64,
+    /// A TLS handshake that takes longer is abandoned (milliseconds).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certificate: None,
+            private_key: None,
+            dot_listen: Vec::new(),
+            doh_listen: Vec::new(),
+            doh_path: "/dns-query".into(),
+            hostname: None,
+            ddr_addresses: Vec::new(),
+            reload_check_s: 5,
+            handshake_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether any encrypted listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.dot_listen.is_empty() || !self.doh_listen.is_empty()
     }
 }
 
@@ -424,19 +581,44 @@ impl Config {
         self.upstream.resolved.clear();
         for s in &self.upstream.servers {
             match parse_server(s.get_ref()) {
-                Some(addr) => self.upstream.resolved.push(addr),
-                None => problems.push(Diagnostic::at(
+                Ok(server) => self.upstream.resolved.push(server),
+                Err(fix) => problems.push(Diagnostic::at(
                     path,
                     text,
                     Some(s.span()),
-                    format!(
-                        "upstream server {:?} is not an IP address with an optional port",
-                        s.get_ref()
-                    ),
-                    "write \"IP\" or \"IP:PORT\", IPv6 in brackets: \"[2001:db8::1]:53\"",
+                    format!("upstream server {:?} cannot be read", s.get_ref()),
+                    fix,
                 )),
             }
         }
+        let encrypted = self
+            .upstream
+            .resolved
+            .iter()
+            .any(UpstreamServer::is_encrypted);
+        let plain = self.upstream.resolved.iter().any(|s| !s.is_encrypted());
+        if self.upstream.fallback && !(encrypted && plain) {
+            problems.push(whole(
+                "[upstream] fallback = true needs both encrypted (tls://, https://) and plain servers in the list",
+                "list the plain servers to fall back to after the encrypted ones, or remove fallback",
+            ));
+        }
+        if encrypted && plain && !self.upstream.fallback {
+            tracing::warn!(
+                "[upstream] lists plain servers but fallback = false: they are never asked while encrypted servers are listed"
+            );
+        }
+        if encrypted {
+            let ca = self.upstream.ca_file.as_ref().map(|f| self.relative(f));
+            match crate::upstream::tls::client_config(ca.as_deref()) {
+                Ok(c) => self.upstream.tls_client = Some(c),
+                Err(e) => problems.push(whole(
+                    &format!("[upstream] cannot set up TLS for the encrypted servers: {e}"),
+                    "set ca_file to a readable PEM file of CA certificates, or install the system's (Debian: ca-certificates)",
+                )),
+            }
+        }
+        self.validate_tls(path, text, problems);
         if self.upstream.timeout_ms == 0 || self.upstream.attempt_timeout_ms == 0 {
             problems.push(whole(
                 "[upstream] timeout_ms and attempt_timeout_ms must be positive",
@@ -482,6 +664,59 @@ impl Config {
         }
     }
 
+    /// A path from the file, resolved against the config file's folder.
+    pub fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+    }
+
+    fn validate_tls(&mut self, path: &Path, text: &str, problems: &mut Vec<Diagnostic>) {
+        let whole = |what: &str, fix: &str| Diagnostic::at(path, text, None, what, fix);
+        let tls = &self.tls;
+        if !tls.enabled() {
+            return;
+        }
+        if !tls.doh_path.starts_with('/') || tls.doh_path.contains(['?', '{', ' ']) {
+            problems.push(whole(
+                &format!(
+                    "[tls] doh_path {:?} is not a plain absolute path",
+                    tls.doh_path
+                ),
+                "write e.g. doh_path = \"/dns-query\"",
+            ));
+        }
+        match &tls.hostname {
+            Some(h) if crate::policy::zonefile::parse_pattern(h).is_ok() && !h.starts_with("*.") => {}
+            _ => problems.push(whole(
+                "[tls] hostname is missing or not a host name: DDR must name the resolver, and clients check it against the certificate",
+                "set hostname = \"dns.example.net\", a name the certificate carries",
+            )),
+        }
+        match (&tls.certificate, &tls.private_key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (self.relative(cert), self.relative(key));
+                if let Err(e) = crate::dns::tls::CertStore::load(&cert, &key) {
+                    problems.push(whole(
+                        &format!("[tls] {e}"),
+                        "point certificate and private_key at readable PEM files of one key pair (chain leaf first)",
+                    ));
+                }
+            }
+            _ => problems.push(whole(
+                "[tls] dot_listen/doh_listen need certificate and private_key",
+                "set certificate = \"/etc/pinhole/tls/fullchain.pem\" and private_key = \"/etc/pinhole/tls/key.pem\"",
+            )),
+        }
+        if tls.handshake_timeout_ms == 0 {
+            problems.push(whole(
+                "[tls] handshake_timeout_ms must be positive",
+                "remove it to get the default (5000)",
+            ));
+        }
+    }
+
     /// The zones folder, resolved against the config file's folder.
     pub fn zones_dir(&self) -> PathBuf {
         if self.policy.zones_dir.is_absolute() {
@@ -503,12 +738,64 @@ impl Config {
 }
 
 /// `"IP"` → IP:53, `"IP:PORT"`, `"[v6]:PORT"`.
-fn parse_server(s: &str) -> Option<SocketAddr> {
+/// Reads one `[upstream] servers` entry; the error is the fix to print.
+fn parse_server(s: &str) -> Result<UpstreamServer, String> {
     let s = s.trim();
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Some(addr);
+    let addr = |hostport: &str, default_port: u16| -> Option<SocketAddr> {
+        if let Ok(a) = hostport.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        let bare = hostport.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    };
+    let name_of = |rest: &str| -> Result<(String, Option<String>), String> {
+        match rest.split_once('#') {
+            Some((r, n)) if !n.is_empty() && crate::policy::zonefile::parse_pattern(n).is_ok() => {
+                Ok((r.to_string(), Some(n.trim_end_matches('.').to_ascii_lowercase())))
+            }
+            Some(_) => Err("after '#' write the name the server's certificate carries, e.g. \"tls://9.9.9.9#dns.quad9.net\"".into()),
+            None => Ok((rest.to_string(), None)),
+        }
+    };
+    if let Some(rest) = s.strip_prefix("tls://") {
+        let (hostport, name) = name_of(rest)?;
+        let addr = addr(&hostport, 853).ok_or("write tls://IP[:PORT]#NAME with an IP address (pinhole does not resolve its upstreams' names), e.g. \"tls://9.9.9.9:853#dns.quad9.net\"")?;
+        return Ok(UpstreamServer {
+            proto: UpstreamProto::Tls,
+            addr,
+            name,
+            path: String::new(),
+        });
     }
-    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+    if let Some(rest) = s.strip_prefix("https://") {
+        let (rest, name) = name_of(rest)?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].to_string()),
+            None => (rest.as_str(), "/dns-query".to_string()),
+        };
+        let addr = addr(hostport, 443).ok_or("write https://IP[:PORT]/PATH#NAME with an IP address (pinhole does not resolve its upstreams' names), e.g. \"https://9.9.9.9/dns-query#dns.quad9.net\"")?;
+        if path.contains('{') || path.contains('?') {
+            return Err(
+                "give the DoH path without a query or URI template, e.g. /dns-query".into(),
+            );
+        }
+        return Ok(UpstreamServer {
+            proto: UpstreamProto::Https,
+            addr,
+            name,
+            path,
+        });
+    }
+    addr(s, 53)
+        .map(|addr| UpstreamServer {
+            proto: UpstreamProto::Plain,
+            addr,
+            name: None,
+            path: String::new(),
+        })
+        .ok_or_else(|| "write \"IP\" or \"IP:PORT\" (IPv6 in brackets: \"[2001:db8::1]:53\"), \"tls://IP#NAME\" or \"https://IP/dns-query#NAME\"".into())
 }
 
 #[cfg(test)]
@@ -537,9 +824,63 @@ mod tests {
     fn defaults_and_port_53() {
         let text = "[upstream]\nservers = [\"192.0.2.1\", \"[2001:db8::1]:5353\"]\n";
         let c = Config::parse(Path::new("c.toml"), text).unwrap();
-        assert_eq!(c.upstream.resolved[0], "192.0.2.1:53".parse().unwrap());
-        assert_eq!(c.upstream.resolved[1].port(), 5353);
+        assert_eq!(c.upstream.resolved[0].addr, "192.0.2.1:53".parse().unwrap());
+        assert_eq!(c.upstream.resolved[1].addr.port(), 5353);
         assert_eq!(c.policy.default_action, BlockAction::Refuse);
         assert_eq!(c.server.max_udp_payload, 1232);
+    }
+
+    #[test]
+    fn encrypted_upstreams_are_read_with_their_names() {
+        let tls = parse_server("tls://9.9.9.9#dns.quad9.net").expect("tls");
+        assert_eq!(tls.proto, UpstreamProto::Tls);
+        assert_eq!(tls.addr, "9.9.9.9:853".parse().unwrap());
+        assert_eq!(tls.name.as_deref(), Some("dns.quad9.net"));
+        let doh = parse_server("https://[2620:fe::fe]:8443/dns-query#dns.quad9.net").expect("doh");
+        assert_eq!(doh.proto, UpstreamProto::Https);
+        assert_eq!(doh.addr, "[2620:fe::fe]:8443".parse().unwrap());
+        assert_eq!(doh.path, "/dns-query");
+        assert_eq!(
+            doh.to_string(),
+            "https://[2620:fe::fe]:8443/dns-query#dns.quad9.net"
+        );
+        let bare = parse_server("https://1.1.1.1").expect("default path");
+        assert_eq!(
+            (bare.addr.port(), bare.path.as_str(), bare.name),
+            (443, "/dns-query", None)
+        );
+        assert!(
+            parse_server("tls://dns.quad9.net")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        assert!(parse_server("tls://9.9.9.9#").is_err());
+        assert!(parse_server("https://9.9.9.9/dns-query{?dns}").is_err());
+    }
+
+    #[test]
+    fn special_names_take_switches_or_failure_answers() {
+        let text = "[upstream]\nservers = [\"192.0.2.1\"]\n[special]\nresolver_arpa = \"drop\"\nprivate_relay = false\napplication_dns_canary = true\n";
+        let c = Config::parse(Path::new("c.toml"), text).expect("parses");
+        assert_eq!(c.special.resolver_arpa, SpecialAnswer::Drop);
+        assert_eq!(c.special.private_relay, SpecialAnswer::Off);
+        assert_eq!(c.special.application_dns_canary, SpecialAnswer::Usual);
+        let bad = text.replace("\"drop\"", "\"timeout\"");
+        let err = Config::parse(Path::new("c.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml:4:"), "{err}");
+        assert!(err.contains("\"servfail\""), "{err}");
+    }
+
+    #[test]
+    fn fallback_needs_both_kinds_and_tls_listeners_need_a_certificate() {
+        let text = "[upstream]\nservers = [\"192.0.2.1\"]\nfallback = true\n[tls]\ndot_listen = [\"127.0.0.1:853\"]\n";
+        let err = Config::parse(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fallback = true needs both"), "{err}");
+        assert!(err.contains("need certificate and private_key"), "{err}");
+        assert!(err.contains("[tls] hostname is missing"), "{err}");
     }
 }

@@ -28,6 +28,10 @@ fn block_answer(action: BlockAction, qtype: &str, config: &Config) -> String {
             _ => "NODATA with pinhole's SOA (the sinkhole answers only A and AAAA)".into(),
         },
         BlockAction::Forward => "the upstream's answer; nothing is opened in the firewall".into(),
+        BlockAction::Servfail => {
+            "SERVFAIL (a simulated resolver failure, Extended DNS Error 15 Blocked)".into()
+        }
+        BlockAction::Drop => "no answer at all (a simulated timeout)".into(),
     }
 }
 
@@ -42,6 +46,15 @@ pub fn explain(config: &Config, policy: &Policy, name: &str, qtype: &str) -> Str
         let answer = match reply {
             SpecialReply::Nxdomain => "NXDOMAIN with pinhole's SOA",
             SpecialReply::Nodata => "NOERROR with no records (NODATA) and pinhole's SOA",
+            SpecialReply::Refuse => "REFUSED (a simulated failure)",
+            SpecialReply::Servfail => "SERVFAIL (a simulated failure)",
+            SpecialReply::Drop => "no answer at all (a simulated timeout)",
+            SpecialReply::Ddr if config.tls.enabled() && qtype == "SVCB" => {
+                "SVCB records naming pinhole's DoT/DoH endpoints ([tls]: DDR, RFC 9462)"
+            }
+            SpecialReply::Ddr => {
+                "NOERROR with no records (NODATA): no [tls] listeners, so no designated resolver"
+            }
         };
         let _ = writeln!(
             out,

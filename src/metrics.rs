@@ -65,6 +65,15 @@ counters! {
     nft_repairs_total: "Times the table or sets were found removed and recreated.",
     firewall_failures_total: "Answers whose set write failed or missed its deadline.",
     journal_errors_total: "Journal writes that failed.",
+    upstream_fallbacks_total: "Queries for which every encrypted upstream failed and the plain ones were asked ([upstream] fallback = true).",
+    upstream_no_fallback_total: "Queries for which every encrypted upstream failed and fallback is off (SERVFAIL).",
+    dot_connections_total: "DNS over TLS connections after a completed handshake.",
+    doh_connections_total: "DNS over HTTPS connections after a completed handshake.",
+    doh_requests_total: "HTTP requests on the DoH listeners.",
+    doh_bad_requests_total: "DoH requests refused with an HTTP error (wrong path, method, type or encoding).",
+    tls_handshake_errors_total: "TLS handshakes on the DoT/DoH listeners that failed or timed out.",
+    tls_reloads_total: "Times the DoT/DoH certificate was reloaded.",
+    tls_reload_errors_total: "Certificate reloads that failed (the previous certificate stays in use).",
 }
 
 /// A fixed-bucket histogram (Prometheus `histogram` type), lock-free.

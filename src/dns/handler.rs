@@ -59,7 +59,13 @@ struct Settings {
     fail_open: bool,
     /// `https_hints = "strip"`: remove address hints from HTTPS/SVCB answers.
     strip_hints: bool,
+    /// RDATA of the SVCB records that answer `_dns.resolver.arpa` (DDR), when pinhole serves
+    /// DoT or DoH.
+    ddr: Option<Arc<[Vec<u8>]>>,
 }
+
+/// TTL of DDR answers (seconds).
+const DDR_TTL: u32 = 300;
 
 /// Queries waiting for the same upstream answer; the first one asks, the others wait.
 type Waiters = Vec<oneshot::Sender<Arc<Entry>>>;
@@ -115,11 +121,7 @@ impl Handler {
                     servfail_ttl: config.cache.servfail_ttl,
                 },
             ),
-            upstreams: Upstreams::new(
-                &config.upstream.resolved,
-                config.upstream.attempt_timeout(),
-                config.upstream.timeout(),
-            ),
+            upstreams: Upstreams::new(&config.upstream),
             inflight: Mutex::new(HashMap::new()),
             settings: Settings {
                 acl: config.server.allow_clients.clone(),
@@ -134,6 +136,7 @@ impl Handler {
                 ttl_cap,
                 fail_open: config.firewall.on_failure == FailMode::Open,
                 strip_hints: config.firewall.https_hints == crate::config::HintPolicy::Strip,
+                ddr: None,
             },
             firewall,
             zone_names,
@@ -200,13 +203,37 @@ impl Handler {
         // 3. Special names, answered here and never forwarded.
         if let Some((special, reply)) = Special::classify(q.name(), &self.settings.special) {
             Metrics::inc(&m.special_total);
-            let rcode = match reply {
-                SpecialReply::Nxdomain => wire::RCODE_NXDOMAIN,
-                SpecialReply::Nodata => wire::RCODE_NOERROR,
-            };
             let ede = (special == Special::PrivateRelay)
                 .then_some((wire::EDE_BLOCKED, special.describe()));
-            self.negative(&q, transport, rcode, out, ede);
+            match reply {
+                SpecialReply::Nxdomain => {
+                    self.negative(&q, transport, wire::RCODE_NXDOMAIN, out, ede)
+                }
+                SpecialReply::Nodata => self.negative(&q, transport, wire::RCODE_NOERROR, out, ede),
+                SpecialReply::Refuse => {
+                    self.synthesize(&q, transport, wire::RCODE_REFUSED, out, ede)
+                }
+                SpecialReply::Servfail => {
+                    self.synthesize(&q, transport, wire::RCODE_SERVFAIL, out, ede)
+                }
+                SpecialReply::Drop => return Step::Dropped,
+                SpecialReply::Ddr => match &self.settings.ddr {
+                    Some(records) if q.qtype == wire::TYPE_SVCB => {
+                        wire::start_response(out, &q, wire::RCODE_NOERROR, true);
+                        for rdata in records.iter() {
+                            wire::push_record(
+                                out,
+                                wire::ANSWER_COUNT,
+                                wire::TYPE_SVCB,
+                                DDR_TTL,
+                                rdata,
+                            );
+                        }
+                        self.finish(&q, transport, out, None);
+                    }
+                    _ => self.negative(&q, transport, wire::RCODE_NOERROR, out, None),
+                },
+            }
             return Step::Answered;
         }
         // 4. Policy: the decision is on the name the client asked for.
@@ -223,6 +250,9 @@ impl Handler {
             && block != BlockAction::Forward
         {
             Metrics::inc(&m.blocked_total);
+            if block == BlockAction::Drop {
+                return Step::Dropped;
+            }
             tracing::debug!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, action = block.as_str(), "blocked");
             let ede = (
                 wire::EDE_BLOCKED,
@@ -404,6 +434,12 @@ impl Handler {
         wants
     }
 
+    /// Sets the DDR answer (SVCB RDATA of pinhole's encrypted endpoints); before the handler is
+    /// shared.
+    pub fn set_ddr(&mut self, records: Vec<Vec<u8>>) {
+        self.settings.ddr = (!records.is_empty()).then(|| records.into());
+    }
+
     /// Both steps for transports that await anyway (TCP, tests).
     pub async fn answer(
         self: &Arc<Self>,
@@ -574,6 +610,10 @@ impl Handler {
         match action {
             BlockAction::Refuse | BlockAction::Forward => {
                 self.synthesize(q, transport, wire::RCODE_REFUSED, out, Some(ede))
+            }
+            // Drop never gets here (no answer at all); SERVFAIL stands in if it did.
+            BlockAction::Servfail | BlockAction::Drop => {
+                self.synthesize(q, transport, wire::RCODE_SERVFAIL, out, Some(ede))
             }
             BlockAction::Nxdomain => {
                 self.negative(q, transport, wire::RCODE_NXDOMAIN, out, Some(ede))

@@ -5,10 +5,14 @@
 
 pub mod batch;
 pub mod chain;
+pub mod ddr;
+pub mod doh;
+pub mod dot;
 pub mod handler;
 pub mod special;
 pub mod strip;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 pub mod wire;
 
@@ -33,6 +37,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("[tls]: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error(
         "cannot listen on {addr} ({proto}): {source}; is another DNS server running there, or does pinhole lack the right to bind the port (root or CAP_NET_BIND_SERVICE)?"
     )]
@@ -48,6 +54,8 @@ pub struct Server {
     pub handler: Arc<Handler>,
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
+    dot: Vec<SocketAddr>,
+    doh: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
@@ -61,7 +69,9 @@ impl Server {
         firewall: Option<Arc<crate::firewall::Firewall>>,
         metrics: Arc<Metrics>,
     ) -> Result<Server, ServeError> {
-        let handler = Arc::new(Handler::new(config, policy, firewall, metrics));
+        let mut handler = Handler::new(config, policy, firewall, Arc::clone(&metrics));
+        let encrypted = bind_encrypted(config, &mut handler)?;
+        let handler = Arc::new(handler);
         let sockets = match config.server.udp_sockets {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -75,6 +85,8 @@ impl Server {
             handler: Arc::clone(&handler),
             udp: Vec::new(),
             tcp: Vec::new(),
+            dot: Vec::new(),
+            doh: Vec::new(),
             metrics_addr: None,
             tasks: JoinSet::new(),
         };
@@ -113,6 +125,40 @@ impl Server {
             server.udp.push(actual);
             server.tcp.push(actual);
             tracing::info!(%actual, udp_sockets = sockets, "listening on UDP and TCP");
+        }
+        if let Some(enc) = encrypted {
+            let handshake = Duration::from_millis(config.tls.handshake_timeout_ms);
+            let dot_tls = tokio_rustls::TlsAcceptor::from(enc.store.server_config(&[b"dot"])?);
+            let doh_tls = tokio_rustls::TlsAcceptor::from(enc.store.server_config(&[b"h2"])?);
+            let path: Arc<str> = Arc::from(config.tls.doh_path.as_str());
+            for (listener, actual) in enc.dot {
+                server.tasks.spawn(dot::serve(
+                    listener,
+                    dot_tls.clone(),
+                    Arc::clone(&handler),
+                    limits,
+                    handshake,
+                ));
+                server.dot.push(actual);
+                tracing::info!(%actual, "listening for DNS over TLS");
+            }
+            for (listener, actual) in enc.doh {
+                server.tasks.spawn(doh::serve(
+                    listener,
+                    doh_tls.clone(),
+                    Arc::clone(&handler),
+                    Arc::clone(&path),
+                    limits,
+                    handshake,
+                ));
+                server.doh.push(actual);
+                tracing::info!(%actual, path = %config.tls.doh_path, "listening for DNS over HTTPS");
+            }
+            let interval = (config.tls.reload_check_s > 0)
+                .then(|| Duration::from_secs(config.tls.reload_check_s));
+            server
+                .tasks
+                .spawn(tls::watch(enc.store, interval, Arc::clone(&metrics)));
         }
         if let Some(path) = &config.control.socket {
             let listener = crate::control::bind(path).map_err(|source| ServeError::Control {
@@ -162,11 +208,94 @@ impl Server {
         &self.tcp
     }
 
+    /// The DNS over TLS listeners actually bound.
+    pub fn dot_addrs(&self) -> &[SocketAddr] {
+        &self.dot
+    }
+
+    /// The DNS over HTTPS listeners actually bound.
+    pub fn doh_addrs(&self) -> &[SocketAddr] {
+        &self.doh
+    }
+
     /// Stops every listener and waits for their tasks to end.
     pub async fn shutdown(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// The encrypted listeners, bound, and the certificate they present.
+struct Encrypted {
+    store: Arc<tls::CertStore>,
+    dot: Vec<(tokio::net::TcpListener, SocketAddr)>,
+    doh: Vec<(tokio::net::TcpListener, SocketAddr)>,
+}
+
+/// Loads the certificate and binds the DoT and DoH listeners (if any), then gives the handler
+/// the DDR answer for the ports actually bound.
+fn bind_encrypted(config: &Config, handler: &mut Handler) -> Result<Option<Encrypted>, ServeError> {
+    let tls = &config.tls;
+    let (Some(cert), Some(key)) = (&tls.certificate, &tls.private_key) else {
+        return Ok(None);
+    };
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let store = Arc::new(tls::CertStore::load(
+        &config.relative(cert),
+        &config.relative(key),
+    )?);
+    let bind = |addrs: &[SocketAddr], proto: &'static str| {
+        addrs
+            .iter()
+            .map(|&addr| {
+                let err = |source| ServeError::Bind {
+                    addr,
+                    proto,
+                    source,
+                };
+                let l = bind_tcp(addr).map_err(err)?;
+                let actual = l.local_addr().map_err(err)?;
+                Ok((l, actual))
+            })
+            .collect::<Result<Vec<_>, ServeError>>()
+    };
+    let dot = bind(&tls.dot_listen, "tcp (DoT)")?;
+    let doh = bind(&tls.doh_listen, "tcp (DoH)")?;
+    let hints = |bound: &[(tokio::net::TcpListener, SocketAddr)]| -> Vec<std::net::IpAddr> {
+        if !tls.ddr_addresses.is_empty() {
+            return tls.ddr_addresses.clone();
+        }
+        let mut v: Vec<std::net::IpAddr> = bound
+            .iter()
+            .map(|(_, a)| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        v.dedup();
+        v
+    };
+    let (dot_hints, doh_hints) = (hints(&dot), hints(&doh));
+    let mut endpoints = Vec::new();
+    if let Some((_, a)) = doh.first() {
+        endpoints.push(ddr::Endpoint {
+            alpn: "h2",
+            port: a.port(),
+            doh_path: Some(&tls.doh_path),
+            addrs: &doh_hints,
+        });
+    }
+    if let Some((_, a)) = dot.first() {
+        endpoints.push(ddr::Endpoint {
+            alpn: "dot",
+            port: a.port(),
+            doh_path: None,
+            addrs: &dot_hints,
+        });
+    }
+    let target = tls.hostname.as_deref().unwrap_or(".");
+    handler.set_ddr(ddr::records(target, &endpoints));
+    Ok(Some(Encrypted { store, dot, doh }))
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -21,32 +21,58 @@ pub enum Special {
 pub enum SpecialReply {
     Nxdomain,
     Nodata,
+    Refuse,
+    Servfail,
+    /// No answer at all.
+    Drop,
+    /// `_dns.resolver.arpa`: the DDR answer (SVCB of pinhole's encrypted endpoints) for type
+    /// SVCB when `[tls]` listeners exist; NODATA otherwise.
+    Ddr,
 }
 
 impl Special {
     /// The special name `name` (lower case, dotted) is, if it is one and its switch is on.
     pub fn classify(name: &[u8], config: &SpecialConfig) -> Option<(Special, SpecialReply)> {
-        if config.resolver_arpa && (name == b"resolver.arpa" || name.ends_with(b".resolver.arpa")) {
-            return Some((Special::ResolverArpa, SpecialReply::Nodata));
-        }
-        if name == b"mask.icloud.com" || name == b"mask-h2.icloud.com" {
-            return match config.private_relay {
-                SpecialAnswer::Nxdomain => Some((Special::PrivateRelay, SpecialReply::Nxdomain)),
-                SpecialAnswer::Nodata => Some((Special::PrivateRelay, SpecialReply::Nodata)),
-                SpecialAnswer::Off => None,
+        let (special, setting, usual) =
+            if name == b"resolver.arpa" || name.ends_with(b".resolver.arpa") {
+                let usual = if name == b"_dns.resolver.arpa" {
+                    SpecialReply::Ddr
+                } else {
+                    SpecialReply::Nodata
+                };
+                (Special::ResolverArpa, config.resolver_arpa, usual)
+            } else if name == b"mask.icloud.com" || name == b"mask-h2.icloud.com" {
+                (
+                    Special::PrivateRelay,
+                    config.private_relay,
+                    SpecialReply::Nxdomain,
+                )
+            } else if name == b"use-application-dns.net" {
+                (
+                    Special::ApplicationDnsCanary,
+                    config.application_dns_canary,
+                    SpecialReply::Nxdomain,
+                )
+            } else {
+                return None;
             };
-        }
-        if config.application_dns_canary && name == b"use-application-dns.net" {
-            return Some((Special::ApplicationDnsCanary, SpecialReply::Nxdomain));
-        }
-        None
+        let reply = match setting {
+            SpecialAnswer::Off => return None,
+            SpecialAnswer::Usual => usual,
+            SpecialAnswer::Nxdomain => SpecialReply::Nxdomain,
+            SpecialAnswer::Nodata => SpecialReply::Nodata,
+            SpecialAnswer::Refuse => SpecialReply::Refuse,
+            SpecialAnswer::Servfail => SpecialReply::Servfail,
+            SpecialAnswer::Drop => SpecialReply::Drop,
+        };
+        Some((special, reply))
     }
 
     /// Why the name is special, for `explain` and EDE texts.
     pub fn describe(self) -> &'static str {
         match self {
             Special::ResolverArpa => {
-                "resolver.arpa (RFC 9462 discovery): answered locally, never forwarded"
+                "resolver.arpa (RFC 9462 discovery of designated resolvers, DDR): answered locally, never forwarded"
             }
             Special::PrivateRelay => {
                 "iCloud Private Relay opt-out: this network does not allow Private Relay"
@@ -67,6 +93,10 @@ mod tests {
         let on = SpecialConfig::default();
         assert_eq!(
             Special::classify(b"_dns.resolver.arpa", &on),
+            Some((Special::ResolverArpa, SpecialReply::Ddr))
+        );
+        assert_eq!(
+            Special::classify(b"x.resolver.arpa", &on),
             Some((Special::ResolverArpa, SpecialReply::Nodata))
         );
         assert_eq!(
@@ -75,10 +105,27 @@ mod tests {
         );
         assert_eq!(Special::classify(b"xresolver.arpa", &on), None);
         let off = SpecialConfig {
-            resolver_arpa: false,
+            resolver_arpa: SpecialAnswer::Off,
             private_relay: SpecialAnswer::Off,
-            application_dns_canary: false,
+            application_dns_canary: SpecialAnswer::Off,
         };
+        let failing = SpecialConfig {
+            resolver_arpa: SpecialAnswer::Drop,
+            private_relay: SpecialAnswer::Servfail,
+            application_dns_canary: SpecialAnswer::Refuse,
+        };
+        assert_eq!(
+            Special::classify(b"_dns.resolver.arpa", &failing).map(|s| s.1),
+            Some(SpecialReply::Drop)
+        );
+        assert_eq!(
+            Special::classify(b"mask.icloud.com", &failing).map(|s| s.1),
+            Some(SpecialReply::Servfail)
+        );
+        assert_eq!(
+            Special::classify(b"use-application-dns.net", &failing).map(|s| s.1),
+            Some(SpecialReply::Refuse)
+        );
         assert_eq!(Special::classify(b"resolver.arpa", &off), None);
         assert_eq!(Special::classify(b"mask.icloud.com", &off), None);
         assert_eq!(Special::classify(b"use-application-dns.net", &off), None);

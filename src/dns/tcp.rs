@@ -1,14 +1,15 @@
 //! The TCP listener: pipelined queries answered concurrently and out of order (RFC 7766),
 //! with an idle timeout and bounds on connections and on queries in flight per connection.
 //!
-//! Owns connections and framing. hickory-server's TCP listener answers one request at a time
-//! per connection; this one reads on while earlier queries wait for upstreams.
+//! Owns connections and framing, for plain TCP and for DoT (the same framing inside TLS).
+//! hickory-server's TCP listener answers one request at a time per connection; this one reads
+//! on while earlier queries wait for upstreams.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::dns::handler::{Handler, Step, Transport};
@@ -47,20 +48,23 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>, limits: TcpLimi
         };
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
             connection(stream, peer.ip(), handler, limits).await;
             drop(permit);
         });
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// Serves one stream connection (TCP, or TLS for DoT) until the client closes it or idles.
+pub async fn connection<S>(
+    stream: S,
     client: std::net::IpAddr,
     handler: Arc<Handler>,
     limits: TcpLimits,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_inflight);
     let writer_task = tokio::spawn(async move {
         let mut writer = BufWriter::new(writer);

@@ -23,6 +23,10 @@ pub enum ZoneAction {
     Sinkhole,
     /// Forward, but allow nothing in the firewall.
     Forward,
+    /// SERVFAIL: simulates a failing resolver (encrypted-DNS fallback tests).
+    Servfail,
+    /// No answer at all: simulates a resolver that times out.
+    Drop,
 }
 
 impl ZoneAction {
@@ -34,6 +38,8 @@ impl ZoneAction {
             ZoneAction::Nodata => "nodata",
             ZoneAction::Sinkhole => "sinkhole",
             ZoneAction::Forward => "forward",
+            ZoneAction::Servfail => "servfail",
+            ZoneAction::Drop => "drop",
         }
     }
 
@@ -46,6 +52,8 @@ impl ZoneAction {
             ZoneAction::Nodata => Some(BlockAction::Nodata),
             ZoneAction::Sinkhole => Some(BlockAction::Sinkhole),
             ZoneAction::Forward => Some(BlockAction::Forward),
+            ZoneAction::Servfail => Some(BlockAction::Servfail),
+            ZoneAction::Drop => Some(BlockAction::Drop),
         }
     }
 }

@@ -1,19 +1,24 @@
 //! Upstream exchange: one question to the configured servers, the raw answer back.
 //!
-//! Owns transports (UDP with a fresh random port per query, TCP when the answer is truncated),
-//! failover in order of health, per-attempt and overall timeouts. The answer is returned as the
-//! upstream sent it, checked for ID and question, so nothing is rewritten on the way. It knows
-//! nothing of the cache, the policy or the client.
+//! Owns the transports (plain UDP/TCP, DNS over TLS, DNS over HTTPS), failover in order of
+//! health, per-attempt and overall timeouts, and the fallback from encrypted to plain servers
+//! (only when `fallback` allows it; each fallback is logged and counted). The answer is
+//! returned as the upstream sent it, checked for ID and question, so nothing is rewritten on
+//! the way. It knows nothing of the cache, the policy or the client.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+pub mod doh;
+pub mod dot;
+pub mod plain;
+pub mod tls;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 
+use crate::config::{UpstreamConfig, UpstreamProto, UpstreamServer};
 use crate::dns::wire;
 use crate::metrics::Metrics;
 
@@ -26,16 +31,26 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("upstream {server}: {source}")]
     Io {
-        server: SocketAddr,
+        server: String,
         source: std::io::Error,
     },
     #[error("upstream {0} sent a malformed or mismatched answer")]
-    Malformed(SocketAddr),
+    Malformed(String),
+    #[error("every encrypted upstream failed and [upstream] fallback is off: {0}")]
+    NoFallback(Box<UpstreamError>),
+}
+
+/// How one server is reached.
+enum Link {
+    Plain(SocketAddr),
+    Tls(dot::DotClient),
+    Https(doh::DohClient),
 }
 
 /// One upstream server and its recent health.
 struct Server {
-    addr: SocketAddr,
+    label: String,
+    link: Link,
     /// Consecutive failures; 0 = healthy. Servers with fewer failures are tried first.
     failures: AtomicU32,
 }
@@ -48,54 +63,103 @@ pub struct Question<'a> {
     pub dnssec_ok: bool,
 }
 
-/// The configured upstream servers.
+/// The configured upstream servers: encrypted ones first, plain ones for fallback (or alone).
 pub struct Upstreams {
-    servers: Vec<Server>,
+    encrypted: Vec<Server>,
+    plain: Vec<Server>,
+    fallback: bool,
     attempt_timeout: Duration,
     timeout: Duration,
 }
 
 impl Upstreams {
-    pub fn new(addrs: &[SocketAddr], attempt_timeout: Duration, timeout: Duration) -> Upstreams {
+    pub fn new(config: &UpstreamConfig) -> Upstreams {
+        let tls = config.tls_client.clone();
+        let mut encrypted = Vec::new();
+        let mut plain = Vec::new();
+        for s in &config.resolved {
+            let link = match (s.proto, &tls) {
+                (UpstreamProto::Plain, _) => Link::Plain(s.addr),
+                (UpstreamProto::Tls, Some(tls)) => Link::Tls(dot::DotClient::new(s, tls)),
+                (UpstreamProto::Https, Some(tls)) => Link::Https(doh::DohClient::new(s, tls)),
+                // Validation builds the TLS settings whenever an encrypted server is listed.
+                (_, None) => continue,
+            };
+            let server = Server {
+                label: s.to_string(),
+                link,
+                failures: AtomicU32::new(0),
+            };
+            if s.is_encrypted() {
+                encrypted.push(server);
+            } else {
+                plain.push(server);
+            }
+        }
         Upstreams {
-            servers: addrs
-                .iter()
-                .map(|&addr| Server {
-                    addr,
-                    failures: AtomicU32::new(0),
-                })
-                .collect(),
-            attempt_timeout,
-            timeout,
+            encrypted,
+            plain,
+            fallback: config.fallback,
+            attempt_timeout: config.attempt_timeout(),
+            timeout: config.timeout(),
         }
     }
 
-    /// Servers in the order to try them: fewest recent failures first, config order on ties.
-    fn order(&self) -> Vec<&Server> {
-        let mut v: Vec<&Server> = self.servers.iter().collect();
-        v.sort_by_key(|s| s.failures.load(Ordering::Relaxed).min(8));
-        v
-    }
-
-    /// Asks the servers until one gives a usable answer, each at most `attempt_timeout`, going
-    /// round the list up to three times within `timeout`. SERVFAIL and REFUSED make pinhole try
-    /// the next server; if every server says so, the last such answer is returned as it is.
+    /// Asks the encrypted servers (or, with none listed, the plain ones) until one gives a
+    /// usable answer. When every encrypted server fails, the plain servers are asked only if
+    /// `fallback` is on; otherwise the error stands and the client gets SERVFAIL.
     pub async fn exchange(
         &self,
         q: &Question<'_>,
         metrics: &Metrics,
     ) -> Result<Vec<u8>, UpstreamError> {
         let deadline = Instant::now() + self.timeout;
+        if self.encrypted.is_empty() {
+            return self.ask(&self.plain, q, deadline, metrics).await;
+        }
+        let can_fall_back = self.fallback && !self.plain.is_empty();
+        // Leave the plain servers at least one attempt's time.
+        let encrypted_deadline = if can_fall_back {
+            (deadline - self.attempt_timeout).max(Instant::now() + self.attempt_timeout / 2)
+        } else {
+            deadline
+        };
+        match self
+            .ask(&self.encrypted, q, encrypted_deadline, metrics)
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err(e) if can_fall_back => {
+                Metrics::inc(&metrics.upstream_fallbacks_total);
+                tracing::warn!(error = %e, "every encrypted upstream failed; falling back to plain DNS ([upstream] fallback = true)");
+                self.ask(&self.plain, q, deadline, metrics).await
+            }
+            Err(e) => {
+                Metrics::inc(&metrics.upstream_no_fallback_total);
+                Err(UpstreamError::NoFallback(Box::new(e)))
+            }
+        }
+    }
+
+    /// Servers in order of health, again from the top while time is left (up to three rounds):
+    /// with one server, a lost datagram costs one attempt, not the whole query. SERVFAIL and
+    /// REFUSED make pinhole try the next server; if every server says so, the last such
+    /// answer is returned as it is.
+    async fn ask(
+        &self,
+        servers: &[Server],
+        q: &Question<'_>,
+        deadline: Instant,
+        metrics: &Metrics,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let mut order: Vec<&Server> = servers.iter().collect();
+        order.sort_by_key(|s| s.failures.load(Ordering::Relaxed).min(8));
         let mut last_answer = None;
         let mut last_error = None;
-        // Servers in order of health, again from the top while time is left: with one server, a
-        // lost datagram costs one attempt, not the whole query.
-        let order = self.order();
-        let attempts = order.iter().cycle().take(order.len() * 3);
         let mut refusals = 0;
-        for server in attempts {
+        for server in order.iter().cycle().take(order.len() * 3) {
             let attempt_deadline = (Instant::now() + self.attempt_timeout).min(deadline);
-            match timeout_at(attempt_deadline, exchange_one(server.addr, q)).await {
+            match timeout_at(attempt_deadline, exchange_one(server, q)).await {
                 Ok(Ok(answer)) => {
                     server.failures.store(0, Ordering::Relaxed);
                     let rcode = answer.get(3).map_or(0, |b| b & 0x0f);
@@ -112,13 +176,13 @@ impl Upstreams {
                 Ok(Err(e)) => {
                     server.failures.fetch_add(1, Ordering::Relaxed);
                     Metrics::inc(&metrics.upstream_errors_total);
-                    tracing::warn!(server = %server.addr, error = %e, "upstream failed");
+                    tracing::warn!(server = %server.label, error = %e, "upstream failed");
                     last_error = Some(e);
                 }
                 Err(_) => {
                     server.failures.fetch_add(1, Ordering::Relaxed);
                     Metrics::inc(&metrics.upstream_timeouts_total);
-                    tracing::warn!(server = %server.addr, timeout_ms = self.attempt_timeout.as_millis() as u64, "upstream did not answer in time");
+                    tracing::warn!(server = %server.label, timeout_ms = self.attempt_timeout.as_millis() as u64, "upstream did not answer in time");
                 }
             }
             if Instant::now() >= deadline {
@@ -132,15 +196,28 @@ impl Upstreams {
     }
 }
 
-/// One server: UDP first, TCP if the UDP answer is truncated.
-async fn exchange_one(server: SocketAddr, q: &Question<'_>) -> Result<Vec<u8>, UpstreamError> {
-    let id: u16 = rand::random();
+/// One query to one server over its transport.
+async fn exchange_one(server: &Server, q: &Question<'_>) -> Result<Vec<u8>, UpstreamError> {
+    // DoH uses ID 0 (RFC 8484 section 4.1: friendlier to HTTP caches).
+    let id: u16 = match server.link {
+        Link::Https(_) => 0,
+        _ => rand::random(),
+    };
     let mut query = Vec::with_capacity(q.wire.len() + 24);
     wire::build_query(&mut query, id, q.wire, q.cd, q.dnssec_ok, UPSTREAM_PAYLOAD);
-    let io = |source| UpstreamError::Io { server, source };
-    let answer = udp_exchange(server, &query, id, q.wire).await.map_err(io)?;
-    if answer.get(2).is_some_and(|b| b & 0x02 != 0) {
-        return tcp_exchange(server, &query, id, q.wire).await.map_err(io);
+    let io = |source| UpstreamError::Io {
+        server: server.label.clone(),
+        source,
+    };
+    let answer = match &server.link {
+        Link::Plain(addr) => plain::exchange(*addr, &query, id, q.wire)
+            .await
+            .map_err(io)?,
+        Link::Tls(c) => c.exchange(&query).await.map_err(io)?,
+        Link::Https(c) => c.exchange(&query).await.map_err(io)?,
+    };
+    if !is_answer_to(&answer, id, q.wire) {
+        return Err(UpstreamError::Malformed(server.label.clone()));
     }
     Ok(answer)
 }
@@ -152,53 +229,11 @@ fn is_answer_to(answer: &[u8], id: u16, question: &[u8]) -> bool {
         && wire::same_question(answer, question)
 }
 
-/// UDP from a fresh socket on a random port, connected to the server so that only its answers
-/// arrive; answers with another ID or question are ignored (spoofing attempts, stale answers).
-async fn udp_exchange(
-    server: SocketAddr,
-    query: &[u8],
-    id: u16,
-    question: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(server).await?;
-    socket.send(query).await?;
-    // Answers are bounded by the advertised payload; a larger datagram arrives cut, fails the
-    // checks below or the scan, and is never taken as complete. No zeroing of the buffer.
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        socket.recv_buf(&mut buf).await?;
-        if is_answer_to(&buf, id, question) {
-            return Ok(buf);
-        }
-    }
-}
-
-/// TCP, one query on a new connection (RFC 7766 framing).
-async fn tcp_exchange(
-    server: SocketAddr,
-    query: &[u8],
-    id: u16,
-    question: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(server).await?;
-    stream.set_nodelay(true)?;
-    let mut framed = Vec::with_capacity(query.len() + 2);
-    framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
-    framed.extend_from_slice(query);
-    stream.write_all(&framed).await?;
-    loop {
-        let len = usize::from(stream.read_u16().await?);
-        let mut buf = vec![0u8; len];
-        stream.read_exact(&mut buf).await?;
-        if is_answer_to(&buf, id, question) {
-            return Ok(buf);
-        }
-    }
+/// The name a server's certificate must carry (its IP address when none is configured).
+fn server_name(
+    s: &UpstreamServer,
+) -> Result<rustls_pki_types::ServerName<'static>, std::io::Error> {
+    let name = s.name.clone().unwrap_or_else(|| s.addr.ip().to_string());
+    rustls_pki_types::ServerName::try_from(name)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
