@@ -129,13 +129,29 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let (config, policy) = load(path)?;
     let patterns = policy.matcher().len();
+    let zones = policy.zones().iter().filter(|z| z.part == 0).count();
+    let encrypted = config
+        .upstream
+        .resolved
+        .iter()
+        .filter(|s| s.is_encrypted())
+        .count();
     println!(
-        "{}: ok ({} zones enabled from {}, {} host patterns, {} upstream servers)",
+        "{}: ok ({} zones enabled from {}, {} host patterns, {} upstream servers ({} encrypted){})",
         path.display(),
-        policy.zones().len(),
+        zones,
         config.zones_dir().display(),
         patterns,
-        config.upstream.resolved.len()
+        config.upstream.resolved.len(),
+        encrypted,
+        if config.tls.enabled() {
+            format!(
+                ", DoT on {:?}, DoH on {:?}",
+                config.tls.dot_listen, config.tls.doh_listen
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -67,6 +67,7 @@ counters! {
     journal_errors_total: "Journal writes that failed.",
     upstream_fallbacks_total: "Queries for which every encrypted upstream failed and the plain ones were asked ([upstream] fallback = true).",
     upstream_no_fallback_total: "Queries for which every encrypted upstream failed and fallback is off (SERVFAIL).",
+    upstream_connections_total: "Connections opened to DoT/DoH upstreams (each is reused for many queries).",
     dot_connections_total: "DNS over TLS connections after a completed handshake.",
     doh_connections_total: "DNS over HTTPS connections after a completed handshake.",
     doh_requests_total: "HTTP requests on the DoH listeners.",

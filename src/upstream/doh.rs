@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamServer;
+use crate::metrics::Metrics;
 
 /// Largest answer body accepted.
 const MAX_BODY: usize = 65_535;
@@ -51,10 +52,10 @@ impl DohClient {
 
     /// POSTs one query and returns the answer body. A connection that turns out broken is
     /// replaced once.
-    pub async fn exchange(&self, query: &[u8]) -> io::Result<Vec<u8>> {
+    pub async fn exchange(&self, query: &[u8], metrics: &Metrics) -> io::Result<Vec<u8>> {
         let mut last = io::Error::other("no attempt");
         for _ in 0..2 {
-            let (sender, fresh) = self.connection().await?;
+            let (sender, fresh) = self.connection(metrics).await?;
             match self.post(sender, query).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
@@ -103,7 +104,7 @@ impl DohClient {
     }
 
     /// The live connection's handle, or a new connection's (`true`).
-    async fn connection(&self) -> io::Result<(SendRequest<Bytes>, bool)> {
+    async fn connection(&self, metrics: &Metrics) -> io::Result<(SendRequest<Bytes>, bool)> {
         let mut conn = self.conn.lock().await;
         if let Some(s) = conn.as_ref() {
             return Ok((s.clone(), false));
@@ -125,6 +126,7 @@ impl DohClient {
                 tracing::debug!(error = %e, "DoH upstream connection ended");
             }
         });
+        Metrics::inc(&metrics.upstream_connections_total);
         *conn = Some(sender.clone());
         Ok((sender, true))
     }

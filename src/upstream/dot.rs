@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamServer;
+use crate::metrics::Metrics;
 
 /// A connection with nothing in flight for this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
@@ -51,10 +52,10 @@ impl DotClient {
 
     /// Sends one query (any ID) and returns the answer with the same ID. A connection that
     /// turns out closed is replaced once.
-    pub async fn exchange(&self, query: &[u8]) -> io::Result<Vec<u8>> {
+    pub async fn exchange(&self, query: &[u8], metrics: &Metrics) -> io::Result<Vec<u8>> {
         let mut last = closed();
         for _ in 0..2 {
-            let (tx, fresh) = self.connection().await?;
+            let (tx, fresh) = self.connection(metrics).await?;
             let (reply, rx) = oneshot::channel();
             let sent = tx
                 .send(Request {
@@ -76,7 +77,7 @@ impl DotClient {
     }
 
     /// The live connection, or a new one (`true`).
-    async fn connection(&self) -> io::Result<(mpsc::Sender<Request>, bool)> {
+    async fn connection(&self, metrics: &Metrics) -> io::Result<(mpsc::Sender<Request>, bool)> {
         let mut conn = self.conn.lock().await;
         if let Some(tx) = conn.as_ref().filter(|tx| !tx.is_closed()) {
             return Ok((tx.clone(), false));
@@ -90,6 +91,7 @@ impl DotClient {
         let tls = self.connector.connect(name, tcp).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(run(tls, rx));
+        Metrics::inc(&metrics.upstream_connections_total);
         *conn = Some(tx.clone());
         Ok((tx, true))
     }

@@ -159,7 +159,7 @@ impl Upstreams {
         let mut refusals = 0;
         for server in order.iter().cycle().take(order.len() * 3) {
             let attempt_deadline = (Instant::now() + self.attempt_timeout).min(deadline);
-            match timeout_at(attempt_deadline, exchange_one(server, q)).await {
+            match timeout_at(attempt_deadline, exchange_one(server, q, metrics)).await {
                 Ok(Ok(answer)) => {
                     server.failures.store(0, Ordering::Relaxed);
                     let rcode = answer.get(3).map_or(0, |b| b & 0x0f);
@@ -197,7 +197,11 @@ impl Upstreams {
 }
 
 /// One query to one server over its transport.
-async fn exchange_one(server: &Server, q: &Question<'_>) -> Result<Vec<u8>, UpstreamError> {
+async fn exchange_one(
+    server: &Server,
+    q: &Question<'_>,
+    metrics: &Metrics,
+) -> Result<Vec<u8>, UpstreamError> {
     // DoH uses ID 0 (RFC 8484 section 4.1: friendlier to HTTP caches).
     let id: u16 = match server.link {
         Link::Https(_) => 0,
@@ -213,8 +217,8 @@ async fn exchange_one(server: &Server, q: &Question<'_>) -> Result<Vec<u8>, Upst
         Link::Plain(addr) => plain::exchange(*addr, &query, id, q.wire)
             .await
             .map_err(io)?,
-        Link::Tls(c) => c.exchange(&query).await.map_err(io)?,
-        Link::Https(c) => c.exchange(&query).await.map_err(io)?,
+        Link::Tls(c) => c.exchange(&query, metrics).await.map_err(io)?,
+        Link::Https(c) => c.exchange(&query, metrics).await.map_err(io)?,
     };
     if !is_answer_to(&answer, id, q.wire) {
         return Err(UpstreamError::Malformed(server.label.clone()));

@@ -77,6 +77,9 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Dropping the `Upstream` aborts the server tasks (sockets close shortly afterwards).
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// DNS over TLS and DNS over HTTPS (`/dns-query`), with `start_encrypted`.
+    pub dot: Option<SocketAddr>,
+    pub doh: Option<SocketAddr>,
     stats: Arc<Stats>,
     server_task: JoinHandle<()>,
 }
@@ -86,6 +89,8 @@ struct Stats {
     total: AtomicUsize,
     udp: AtomicUsize,
     tcp: AtomicUsize,
+    tls: AtomicUsize,
+    https: AtomicUsize,
     per_question: Mutex<HashMap<(String, RecordType), usize>>,
 }
 
@@ -93,6 +98,16 @@ impl Upstream {
     /// Starts UDP and TCP on 127.0.0.1 at one random free port (same port for both).
     /// Returns once both sockets are bound (ready to receive).
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// Also serves DNS over TLS and DNS over HTTPS (HTTP/2, `/dns-query`) on 127.0.0.1 with
+    /// this certificate: hickory-server's own encrypted listeners, independent of pinhole's.
+    pub async fn start_encrypted(cert: &super::certs::ServerCert) -> Upstream {
+        Self::start_with(Some(cert)).await
+    }
+
+    async fn start_with(tls: Option<&super::certs::ServerCert>) -> Upstream {
         let (udp, tcp) = bind_pair().await;
         let addr = udp
             .local_addr()
@@ -106,6 +121,52 @@ impl Upstream {
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
+        let (mut dot, mut doh) = (None, None);
+        if let Some(cert) = tls {
+            let config = |alpn: &[u8]| {
+                use rustls::pki_types::pem::PemObject;
+                let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+                    rustls::pki_types::CertificateDer::pem_file_iter(&cert.cert)
+                        .expect("cert file")
+                        .map(|c| c.expect("cert"))
+                        .collect();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).expect("key");
+                let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config");
+                c.alpn_protocols = vec![alpn.to_vec()];
+                Arc::new(c)
+            };
+            let dot_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind DoT");
+            let doh_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind DoH");
+            dot = dot_listener.local_addr().ok();
+            doh = doh_listener.local_addr().ok();
+            server
+                .register_tls_listener_with_tls_config(
+                    dot_listener,
+                    TCP_IDLE_TIMEOUT,
+                    config(b"dot"),
+                )
+                .expect("DoT listener");
+            server
+                .register_https_listener_with_tls_config(
+                    doh_listener,
+                    TCP_IDLE_TIMEOUT,
+                    config(b"h2"),
+                    None,
+                    "/dns-query".into(),
+                )
+                .expect("DoH listener");
+        }
         let server_task = tokio::spawn(async move {
             // Runs until aborted (Drop); dropping `server` aborts its socket/connection tasks.
             let _ = server.block_until_done().await;
@@ -113,6 +174,8 @@ impl Upstream {
 
         Upstream {
             addr,
+            dot,
+            doh,
             stats,
             server_task,
         }
@@ -133,6 +196,16 @@ impl Upstream {
     /// Queries received over TCP.
     pub fn tcp_queries(&self) -> usize {
         self.stats.tcp.load(Ordering::SeqCst)
+    }
+
+    /// Queries received over DNS over TLS.
+    pub fn tls_queries(&self) -> usize {
+        self.stats.tls.load(Ordering::SeqCst)
+    }
+
+    /// Queries received over DNS over HTTPS.
+    pub fn https_queries(&self) -> usize {
+        self.stats.https.load(Ordering::SeqCst)
     }
 
     /// Number of queries received for (name, type). `name` is case-insensitive and the
@@ -701,11 +774,13 @@ impl Handler {
 
     fn count(&self, qname: &LowerName, qtype: RecordType, protocol: Protocol) {
         self.stats.total.fetch_add(1, Ordering::SeqCst);
-        if protocol == Protocol::Udp {
-            self.stats.udp.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.stats.tcp.fetch_add(1, Ordering::SeqCst);
-        }
+        match protocol {
+            Protocol::Udp => self.stats.udp.fetch_add(1, Ordering::SeqCst),
+            Protocol::Tcp => self.stats.tcp.fetch_add(1, Ordering::SeqCst),
+            Protocol::Tls => self.stats.tls.fetch_add(1, Ordering::SeqCst),
+            Protocol::Https => self.stats.https.fetch_add(1, Ordering::SeqCst),
+            _ => self.stats.tcp.fetch_add(1, Ordering::SeqCst),
+        };
         let mut map = self
             .stats
             .per_question
