@@ -175,6 +175,13 @@ impl Default for UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// Plain servers listed next to encrypted ones without `fallback`: never asked.
+    pub fn unused_plain_servers(&self) -> bool {
+        !self.fallback
+            && self.resolved.iter().any(UpstreamServer::is_encrypted)
+            && self.resolved.iter().any(|s| !s.is_encrypted())
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }

@@ -181,6 +181,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     // Everything is validated before a socket is opened: no half-configured server.
     let (config, policy) = load(path)?;
     init_logging(&config.log.level);
+    if config.upstream.unused_plain_servers() {
+        tracing::warn!(
+            "[upstream] lists plain servers next to encrypted ones but fallback = false: the plain servers are never asked"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -276,6 +276,7 @@ fn the_bundled_config_enables_what_an_mdm_fleet_needs() {
             "apple-certificate-validation",
             "apple-account",
             "apple-icloud",
+            "encrypted-dns-resolvers",
         ]
     );
     let policy = Policy::load(&config).unwrap_or_else(|e| panic!("{e}"));
@@ -306,6 +307,19 @@ fn the_bundled_config_enables_what_an_mdm_fleet_needs() {
     ] {
         assert!(
             matches!(policy.decide(name.as_bytes()).action, Action::Block(_)),
+            "{name}"
+        );
+    }
+    // Public DoH resolvers, Apple's included, get NXDOMAIN from zones/encrypted-dns.toml.
+    for name in [
+        "doh.dns.apple.com",
+        "dns.google",
+        "cloudflare-dns.com",
+        "dns.quad9.net",
+    ] {
+        assert_eq!(
+            policy.decide(name.as_bytes()).action,
+            Action::Block(BlockAction::Nxdomain),
             "{name}"
         );
     }
