@@ -78,6 +78,11 @@ fn kdig_args(addr: SocketAddr, ca: &Path, host: &str, extra: &[&str], name: &str
     v
 }
 
+/// kdig over DoT, expecting the server's certificate to carry `host`.
+async fn kdig_dot(addr: SocketAddr, ca: &Path, host: &str, name: &str) -> String {
+    kdig(kdig_args(addr, ca, host, &["+tls"], name)).await
+}
+
 /// The A addresses in kdig's answer section.
 fn kdig_a(out: &str) -> Vec<String> {
     out.lines()
@@ -98,26 +103,12 @@ async fn kdig_over_tls_and_https_gets_the_filtered_answers() {
     let dot = p.server.dot_addrs()[0];
     let doh = p.server.doh_addrs()[0];
 
-    let out = kdig(kdig_args(
-        dot,
-        &ca.ca_pem,
-        "dns.test",
-        &["+tls"],
-        "a.example.test",
-    ))
-    .await;
+    let out = kdig_dot(dot, &ca.ca_pem, "dns.test", "a.example.test").await;
     assert!(out.contains("status: NOERROR"), "{out}");
     assert!(out.contains(";; TLS session"), "kdig used TLS: {out}");
     assert_eq!(kdig_a(&out), ["192.0.2.1"], "{out}");
     // The same policy as on port 53: an unlisted name is refused.
-    let out = kdig(kdig_args(
-        dot,
-        &ca.ca_pem,
-        "dns.test",
-        &["+tls"],
-        "www.example.org",
-    ))
-    .await;
+    let out = kdig_dot(dot, &ca.ca_pem, "dns.test", "www.example.org").await;
     assert!(out.contains("status: REFUSED"), "{out}");
 
     for method in ["+https", "+https-get"] {
@@ -137,14 +128,7 @@ async fn kdig_over_tls_and_https_gets_the_filtered_answers() {
         assert_eq!(kdig_a(&out), ["192.0.2.2"], "{method}: {out}");
     }
     // A client that expects another name refuses the certificate.
-    let out = kdig(kdig_args(
-        dot,
-        &ca.ca_pem,
-        "other.test",
-        &["+tls"],
-        "a.example.test",
-    ))
-    .await;
+    let out = kdig_dot(dot, &ca.ca_pem, "other.test", "a.example.test").await;
     assert!(!out.contains("status: NOERROR"), "{out}");
     assert!(pinhole::metric(&p.metrics, "doh_requests_total") >= 2);
     assert!(pinhole::metric(&p.metrics, "dot_connections_total") >= 2);
@@ -354,15 +338,7 @@ async fn the_certificate_is_reloaded_on_change_and_on_sighup() {
     let up = Upstream::start().await;
     let p = start_tls(&up, &cert, "reload_check_s = 1").await;
     let dot = p.server.dot_addrs()[0];
-    let as_dns2 = || {
-        kdig(kdig_args(
-            dot,
-            &ca.ca_pem,
-            "dns2.test",
-            &["+tls"],
-            "a.example.test",
-        ))
-    };
+    let as_dns2 = || kdig_dot(dot, &ca.ca_pem, "dns2.test", "a.example.test");
     assert!(
         !as_dns2().await.contains("status: NOERROR"),
         "dns2.test not yet served"
@@ -370,14 +346,7 @@ async fn the_certificate_is_reloaded_on_change_and_on_sighup() {
     // A broken file is refused and the old certificate stays.
     std::fs::write(&cert.key, "not a key").expect("break key");
     wait_metric(&p, "tls_reload_errors_total", 1).await;
-    let out = kdig(kdig_args(
-        dot,
-        &ca.ca_pem,
-        "dns.test",
-        &["+tls"],
-        "a.example.test",
-    ))
-    .await;
+    let out = kdig_dot(dot, &ca.ca_pem, "dns.test", "a.example.test").await;
     assert!(
         out.contains("status: NOERROR"),
         "old certificate still in use: {out}"
@@ -499,14 +468,7 @@ async fn a_dot_answer_opens_its_address_like_any_other() {
     let (p, _fw) =
         pinhole::start_with_firewall(Setup::new(&text, &[up.addr], TEST_ZONES), &ns).await;
     let dot = p.server.dot_addrs()[0];
-    let out = kdig(kdig_args(
-        dot,
-        &ca.ca_pem,
-        "dns.test",
-        &["+tls"],
-        "a.example.test",
-    ))
-    .await;
+    let out = kdig_dot(dot, &ca.ca_pem, "dns.test", "a.example.test").await;
     assert_eq!(kdig_a(&out), ["192.0.2.1"], "{out}");
     let listed = ns.run(|| {
         Nft::open()

@@ -45,6 +45,18 @@ fn fw_config_with(state: &std::path::Path, grace: u32, floor: u32, extra: &str) 
     )
 }
 
+/// The error text of a firewall start-up that must fail.
+fn start_error(ns: &NetNs, setup: &Setup) -> String {
+    let (config, policy) = setup.load();
+    let zones = policy.zones().to_vec();
+    ns.run(move || {
+        ::pinhole::firewall::Firewall::start(&config.firewall, &zones, None, Default::default())
+            .err()
+            .map(|e| e.to_string())
+    })
+    .expect("start must fail")
+}
+
 /// (addr, proto, port) → (timeout, expires) of every element of allow4 and allow6.
 type Listed = HashMap<(IpAddr, u8, u16), (Option<Duration>, Option<Duration>)>;
 
@@ -425,20 +437,7 @@ sets = ["inet filter apple4", "inet filter apple6"]
     let cfg = fw_config(state.path(), "").replace("mode = \"managed\"", "mode = \"external\"");
     // A zone naming a set that does not exist: start-up fails and says how to fix it.
     let bad = Setup::new(&cfg, &[up.addr], &zones.replace("apple6", "nosuch"));
-    let (config, policy) = bad.load();
-    let zones_vec = policy.zones().to_vec();
-    let err = ns
-        .run(move || {
-            ::pinhole::firewall::Firewall::start(
-                &config.firewall,
-                &zones_vec,
-                None,
-                std::sync::Arc::default(),
-            )
-            .err()
-            .map(|e| e.to_string())
-        })
-        .expect("start must fail");
+    let err = start_error(&ns, &bad);
     assert!(
         err.contains("set inet filter nosuch does not exist"),
         "{err}"
@@ -505,20 +504,7 @@ static = ["17.0.0.0/8", "17.249.0.0/16", "192.0.2.0/25", "2620:149:a44::/48"]
     let cfg = fw_config(state.path(), "").replace("mode = \"managed\"", "mode = \"external\"");
     // Static networks need interval sets: a plain set is refused with the fix.
     let bad = Setup::new(&cfg, &[up.addr], &zones.replace("apple4", "plain4"));
-    let (config, policy) = bad.load();
-    let zones_vec = policy.zones().to_vec();
-    let err = ns
-        .run(move || {
-            ::pinhole::firewall::Firewall::start(
-                &config.firewall,
-                &zones_vec,
-                None,
-                std::sync::Arc::default(),
-            )
-            .err()
-            .map(|e| e.to_string())
-        })
-        .expect("start must fail");
+    let err = start_error(&ns, &bad);
     assert!(
         err.contains(
             "static network 17.0.0.0/8 needs set inet filter plain4 to have `flags interval`"

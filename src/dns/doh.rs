@@ -14,11 +14,10 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::dns::handler::{Handler, Transport};
-use crate::dns::tcp::TcpLimits;
+use crate::dns::tcp::{self, TcpLimits};
 use crate::dns::udp::log_fault;
 use crate::dns::wire;
 use crate::metrics::Metrics;
@@ -36,51 +35,25 @@ pub async fn serve(
     limits: TcpLimits,
     handshake_timeout: Duration,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                log_fault(&handler.metrics.io_errors_total, "DoH accept failed", &e);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+    tcp::accept_each(
+        listener,
+        Arc::clone(&handler),
+        limits,
+        "DoH",
+        move |stream, peer| {
+            let (handler, acceptor, path) =
+                (Arc::clone(&handler), acceptor.clone(), Arc::clone(&path));
+            async move {
+                let metrics = Arc::clone(&handler.metrics);
+                let hs = tcp::tls_handshake(&acceptor, stream, handshake_timeout, &metrics, "DoH");
+                if let Some(tls) = hs.await {
+                    Metrics::inc(&metrics.doh_connections_total);
+                    connection(tls, peer.ip(), handler, path, limits).await;
+                }
             }
-        };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            log_fault(
-                &handler.metrics.tcp_rejected_total,
-                "DoH connection limit reached; closing new connection",
-                &limits.max_connections,
-            );
-            continue;
-        };
-        let (handler, acceptor, path) = (Arc::clone(&handler), acceptor.clone(), Arc::clone(&path));
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    log_fault(
-                        &handler.metrics.tls_handshake_errors_total,
-                        "DoH TLS handshake failed",
-                        &e,
-                    );
-                    return;
-                }
-                Err(_) => {
-                    log_fault(
-                        &handler.metrics.tls_handshake_errors_total,
-                        "DoH TLS handshake timed out",
-                        &handshake_timeout.as_millis(),
-                    );
-                    return;
-                }
-            };
-            Metrics::inc(&handler.metrics.doh_connections_total);
-            connection(tls, peer.ip(), handler, path, limits).await;
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn connection<S>(

@@ -8,8 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::dns::handler::{Handler, Step, Transport};
@@ -26,12 +29,39 @@ pub struct TcpLimits {
 
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, handler: Arc<Handler>, limits: TcpLimits) {
+    accept_each(
+        listener,
+        Arc::clone(&handler),
+        limits,
+        "TCP",
+        move |stream, peer| connection(stream, peer.ip(), Arc::clone(&handler), limits),
+    )
+    .await
+}
+
+/// The accept loop of every stream listener (TCP, DoT, DoH): bounded by
+/// `limits.max_connections` (further connections are closed at once, logged and counted), each
+/// connection served by `serve` in its own task with `TCP_NODELAY` set.
+pub async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    limits: TcpLimits,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                log_fault(&handler.metrics.io_errors_total, "TCP accept failed", &e);
+                log_fault(
+                    &handler.metrics.io_errors_total,
+                    &format!("{what} accept failed"),
+                    &e,
+                );
                 // Out of file descriptors and the like: give the system a moment.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -40,18 +70,47 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>, limits: TcpLimi
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             log_fault(
                 &handler.metrics.tcp_rejected_total,
-                "TCP connection limit reached; closing new connection",
+                &format!("{what} connection limit reached; closing new connection"),
                 &limits.max_connections,
             );
             drop(stream);
             continue;
         };
-        let handler = Arc::clone(&handler);
+        let _ = stream.set_nodelay(true);
+        let task = serve(stream, peer);
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            connection(stream, peer.ip(), handler, limits).await;
+            task.await;
             drop(permit);
         });
+    }
+}
+
+/// A TLS handshake bounded by `timeout`; a failure is logged (rate-limited) and counted.
+pub async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+    metrics: &Metrics,
+    what: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            log_fault(
+                &metrics.tls_handshake_errors_total,
+                &format!("{what} TLS handshake failed"),
+                &e,
+            );
+            None
+        }
+        Err(_) => {
+            log_fault(
+                &metrics.tls_handshake_errors_total,
+                &format!("{what} TLS handshake timed out"),
+                &timeout.as_millis(),
+            );
+            None
+        }
     }
 }
 

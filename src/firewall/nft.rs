@@ -1395,22 +1395,16 @@ impl Nft {
             .collect();
         let mut b = self.batch();
         push_elements(&mut b, sys::NFT_MSG_DELSETELEM, 0, family, table, &keys)?;
-        push_elements(
-            &mut b,
-            sys::NFT_MSG_NEWSETELEM,
-            sys::NLM_F_CREATE,
-            family,
-            table,
-            replace,
-        )?;
-        push_elements(
-            &mut b,
-            sys::NFT_MSG_NEWSETELEM,
-            sys::NLM_F_CREATE,
-            family,
-            table,
-            add,
-        )?;
+        for list in [replace, add] {
+            push_elements(
+                &mut b,
+                sys::NFT_MSG_NEWSETELEM,
+                sys::NLM_F_CREATE,
+                family,
+                table,
+                list,
+            )?;
+        }
         self.commit(b)
     }
 

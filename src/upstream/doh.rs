@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamServer;
@@ -109,13 +108,7 @@ impl DohClient {
         if let Some(s) = conn.as_ref() {
             return Ok((s.clone(), false));
         }
-        let name = self
-            .name
-            .clone()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid server name"))?;
-        let tcp = TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
-        let tls = self.connector.connect(name, tcp).await?;
+        let tls = super::tls::connect(&self.connector, self.addr, self.name.as_ref()).await?;
         let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         if !alpn_h2 {
             return Err(io::Error::other("server did not agree to HTTP/2 (ALPN h2)"));

@@ -82,13 +82,7 @@ impl DotClient {
         if let Some(tx) = conn.as_ref().filter(|tx| !tx.is_closed()) {
             return Ok((tx.clone(), false));
         }
-        let name = self
-            .name
-            .clone()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid server name"))?;
-        let tcp = TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
-        let tls = self.connector.connect(name, tcp).await?;
+        let tls = super::tls::connect(&self.connector, self.addr, self.name.as_ref()).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(run(tls, rx));
         Metrics::inc(&metrics.upstream_connections_total);

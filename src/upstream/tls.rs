@@ -73,3 +73,17 @@ pub fn with_alpn(base: &rustls::ClientConfig, alpn: &[&[u8]]) -> Arc<rustls::Cli
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
+
+/// A TCP connection to `addr` with TLS on top, the server's certificate checked for `name`.
+pub async fn connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    name: Option<&rustls_pki_types::ServerName<'static>>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let name = name.cloned().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid server name")
+    })?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    connector.connect(name, tcp).await
+}
