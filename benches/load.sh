@@ -723,7 +723,7 @@ fw_report() {
     local o qa qb ca cb cm okq okset
     echo "## Set writes (miss-fw)"
     echo
-    echo "pinhole with \`[firewall] mode = \"managed\"\`: every address it answers for an approved name is written into \`set inet $FW_TABLE allow4\` (as \`addr . tcp . 443\`) and acknowledged by the kernel before the answer leaves; a write that fails or misses \`write_deadline_ms\` turns the answer into SERVFAIL (fail-closed). unbound and dnsmasq write no sets. pinhole's CPU includes its netlink writer thread (same process), and the kernel's time for the nftables transactions, which run in pinhole's sendmsg() on the netlink socket, is charged to pinhole's stime too."
+    echo "pinhole with \`[firewall] mode = \"managed\"\`: every address it answers for an approved name is written into \`set inet $FW_TABLE allow4\` (as \`addr . tcp . 443\`) and acknowledged by the kernel before the answer leaves; a write that fails or misses \`write_deadline_ms\` turns the answer into SERVFAIL (fail-closed). unbound and dnsmasq write no sets. pinhole's CPU includes its netlink writes (made on its own threads), and the kernel's time for the nftables transactions, which run in pinhole's sendmsg() on the netlink socket, is charged to pinhole's stime too."
     echo
     echo "| server | QPS | CPU µs/query | pinhole ÷ server, QPS | pinhole ÷ server, CPU µs/query |"
     echo "|---|---:|---:|---:|---:|"
