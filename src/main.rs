@@ -192,7 +192,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::default());
-        let zones = policy.zones().len();
+        let zones = policy.zones().iter().filter(|z| z.part == 0).count();
         let firewall = match config.firewall.mode {
             FirewallMode::Off => None,
             FirewallMode::Managed | FirewallMode::External => Some(Arc::new(Firewall::start(
