@@ -156,9 +156,13 @@ impl Server {
             }
             let interval = (config.tls.reload_check_s > 0)
                 .then(|| Duration::from_secs(config.tls.reload_check_s));
-            server
-                .tasks
-                .spawn(tls::watch(enc.store, interval, Arc::clone(&metrics)));
+            let hangup = tls::hangup();
+            server.tasks.spawn(tls::watch(
+                enc.store,
+                hangup,
+                interval,
+                Arc::clone(&metrics),
+            ));
         }
         if let Some(path) = &config.control.socket {
             let listener = crate::control::bind(path).map_err(|source| ServeError::Control {

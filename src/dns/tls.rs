@@ -140,17 +140,27 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     })
 }
 
-/// Reloads the pair on SIGHUP, and when the files change (checked every `interval`, if any).
-/// Runs until the task is aborted.
-pub async fn watch(store: Arc<CertStore>, interval: Option<Duration>, metrics: Arc<Metrics>) {
+/// The SIGHUP stream for [`watch`]. Made before the listeners are announced, so that a
+/// SIGHUP sent once pinhole is ready is never missed.
+pub fn hangup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
+    match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch SIGHUP; certificates reload on file change only");
             None
         }
-    };
+    }
+}
+
+/// Reloads the pair on SIGHUP, and when the files change (checked every `interval`, if any).
+/// Runs until the task is aborted.
+pub async fn watch(
+    store: Arc<CertStore>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    interval: Option<Duration>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let by_signal = tokio::select! {
             _ = async {
