@@ -6,10 +6,12 @@
 //! that blocks public DoH resolvers, doh.dns.apple.com among them) must not change what the
 //! catalogue itself decides.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::pinhole::cli as pinhole;
 use pinhole::config::{BlockAction, Config};
 use pinhole::policy::zonefile::parse_file;
 use pinhole::policy::{Action, Policy, PolicyBuilder, ZoneDef};
@@ -240,18 +242,6 @@ fn the_generator_names_the_line_of_a_bad_row() {
     }
     let out = apple_zones::render(&format!("{header}{ok}")).expect("valid");
     assert!(out.contains("\"*.icloud.com\", # iCloud.\n"), "{out}");
-}
-
-fn pinhole(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pinhole"))
-        .args(args)
-        .output()
-        .expect("run pinhole");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -4,19 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::pinhole::{Setup, TEST_ZONES, binary, config_text};
-
-fn pinhole(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary())
-        .args(args)
-        .output()
-        .expect("run pinhole");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::pinhole::{Setup, TEST_ZONES, binary, cli as pinhole, config_text};
 
 fn repo_file(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))

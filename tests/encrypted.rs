@@ -47,6 +47,23 @@ async fn start_tls(up: &Upstream, cert: &ServerCert, extra: &str) -> Running {
     pinhole::start(setup).await
 }
 
+/// A test CA, a plain test upstream, and pinhole serving DoT and DoH with a certificate for
+/// `dns.test` (file `file` in the CA's folder).
+struct Tls {
+    ca: TestCa,
+    cert: ServerCert,
+    up: Upstream,
+    p: Running,
+}
+
+async fn tls_pinhole(file: &str, extra: &str) -> Tls {
+    let ca = TestCa::new();
+    let cert = ca.server("dns.test", file);
+    let up = Upstream::start().await;
+    let p = start_tls(&up, &cert, extra).await;
+    Tls { ca, cert, up, p }
+}
+
 /// Output of kdig (run off the test's runtime, which serves pinhole).
 async fn kdig(args: Vec<String>) -> String {
     let out = tokio::task::spawn_blocking(move || {
@@ -96,10 +113,12 @@ fn kdig_a(out: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kdig_over_tls_and_https_gets_the_filtered_answers() {
-    let ca = TestCa::new();
-    let cert = ca.server("dns.test", "server");
-    let up = Upstream::start().await;
-    let p = start_tls(&up, &cert, "").await;
+    let Tls {
+        ca,
+        cert: _cert,
+        up: _up,
+        p,
+    } = tls_pinhole("server", "").await;
     let dot = p.server.dot_addrs()[0];
     let doh = p.server.doh_addrs()[0];
 
@@ -136,10 +155,12 @@ async fn kdig_over_tls_and_https_gets_the_filtered_answers() {
 
 #[tokio::test]
 async fn ddr_names_pinholes_endpoints_and_is_never_forwarded() {
-    let ca = TestCa::new();
-    let cert = ca.server("dns.test", "server");
-    let up = Upstream::start().await;
-    let p = start_tls(&up, &cert, "").await;
+    let Tls {
+        ca: _ca,
+        cert: _cert,
+        up,
+        p,
+    } = tls_pinhole("server", "").await;
     let dot = p.server.dot_addrs()[0];
     let doh = p.server.doh_addrs()[0];
     let m = query_udp(p.addr, "_dns.resolver.arpa.", RecordType::SVCB, Some(1232)).await;
@@ -333,10 +354,7 @@ async fn wait_metric(p: &Running, name: &str, want: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_is_reloaded_on_change_and_on_sighup() {
-    let ca = TestCa::new();
-    let cert = ca.server("dns.test", "live");
-    let up = Upstream::start().await;
-    let p = start_tls(&up, &cert, "reload_check_s = 1").await;
+    let Tls { ca, cert, up, p } = tls_pinhole("live", "reload_check_s = 1").await;
     let dot = p.server.dot_addrs()[0];
     let as_dns2 = || kdig_dot(dot, &ca.ca_pem, "dns2.test", "a.example.test");
     assert!(
@@ -433,10 +451,12 @@ async fn doh_status(addr: SocketAddr, ca: &Path, method: &str, uri: &str, ctype:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doh_answers_http_errors_for_what_is_not_a_dns_query() {
-    let ca = TestCa::new();
-    let cert = ca.server("dns.test", "server");
-    let up = Upstream::start().await;
-    let p = start_tls(&up, &cert, "").await;
+    let Tls {
+        ca,
+        cert: _cert,
+        up: _up,
+        p,
+    } = tls_pinhole("server", "").await;
     let doh = p.server.doh_addrs()[0];
     let ct = "application/dns-message";
     let ca = &ca.ca_pem;

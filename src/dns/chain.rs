@@ -10,8 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::dns::wire::{self, HEADER_LEN, TYPE_CNAME, TYPE_HTTPS, TYPE_SVCB, u16_at};
 
-const SVC_IPV4HINT: u16 = 4;
-const SVC_IPV6HINT: u16 = 6;
 /// CNAME hops followed at most.
 const MAX_CHAIN: usize = 16;
 
@@ -173,46 +171,24 @@ fn answer_records(msg: &[u8]) -> Option<Vec<Rr>> {
     Some(records)
 }
 
-/// `ipv4hint` and `ipv6hint` values of one SVCB/HTTPS RDATA (RFC 9460 section 2.2).
+/// `ipv4hint` and `ipv6hint` values of one SVCB/HTTPS RDATA (none if it is malformed).
 fn svcb_hints(rdata: &[u8]) -> Vec<IpAddr> {
     let mut hints = Vec::new();
-    if rdata.len() < 3 {
-        return hints;
-    }
-    // SvcPriority, then TargetName (uncompressed), then the SvcParams.
-    let mut pos = 2;
-    loop {
-        let Some(&len) = rdata.get(pos) else {
-            return hints;
-        };
-        pos += 1 + usize::from(len);
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return hints;
-        }
-    }
-    while pos + 4 <= rdata.len() {
-        let key = u16_at(rdata, pos);
-        let len = usize::from(u16_at(rdata, pos + 2));
-        let Some(value) = rdata.get(pos + 4..pos + 4 + len) else {
-            break;
-        };
-        match key {
-            SVC_IPV4HINT => hints.extend(
+    for p in wire::svc_params(rdata).unwrap_or_default() {
+        let value = &rdata[p.value];
+        match p.key {
+            wire::SVC_IPV4HINT => hints.extend(
                 value
                     .chunks_exact(4)
                     .map(|c| IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))),
             ),
-            SVC_IPV6HINT => hints.extend(value.chunks_exact(16).map(|c| {
+            wire::SVC_IPV6HINT => hints.extend(value.chunks_exact(16).map(|c| {
                 let mut b = [0u8; 16];
                 b.copy_from_slice(c);
                 IpAddr::V6(Ipv6Addr::from(b))
             })),
             _ => {}
         }
-        pos += 4 + len;
     }
     hints
 }

@@ -5,13 +5,6 @@ use std::net::IpAddr;
 
 use crate::dns::wire;
 
-/// SvcParamKeys (RFC 9460 section 14.3.2, RFC 9461).
-const KEY_ALPN: u16 = 1;
-const KEY_PORT: u16 = 3;
-const KEY_IPV4HINT: u16 = 4;
-const KEY_IPV6HINT: u16 = 6;
-const KEY_DOHPATH: u16 = 7;
-
 /// One encrypted endpoint to advertise.
 pub struct Endpoint<'a> {
     /// `dot` or `h2`.
@@ -39,34 +32,23 @@ pub fn records(target: &str, endpoints: &[Endpoint<'_>]) -> Vec<Vec<u8>> {
             // Keys in increasing order (RFC 9460 section 2.2).
             let mut alpn = vec![e.alpn.len() as u8];
             alpn.extend_from_slice(e.alpn.as_bytes());
-            param(KEY_ALPN, &alpn);
-            param(KEY_PORT, &e.port.to_be_bytes());
-            let v4: Vec<u8> = e
-                .addrs
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V4(a) => Some(a.octets()),
-                    IpAddr::V6(_) => None,
-                })
-                .flatten()
-                .collect();
-            if !v4.is_empty() {
-                param(KEY_IPV4HINT, &v4);
-            }
-            let v6: Vec<u8> = e
-                .addrs
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V6(a) => Some(a.octets()),
-                    IpAddr::V4(_) => None,
-                })
-                .flatten()
-                .collect();
-            if !v6.is_empty() {
-                param(KEY_IPV6HINT, &v6);
+            param(wire::SVC_ALPN, &alpn);
+            param(wire::SVC_PORT, &e.port.to_be_bytes());
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = e.addrs.iter().partition(|a| a.is_ipv4());
+            for (key, addrs) in [(wire::SVC_IPV4HINT, v4), (wire::SVC_IPV6HINT, v6)] {
+                let value: Vec<u8> = addrs
+                    .iter()
+                    .flat_map(|a| match a {
+                        IpAddr::V4(a) => a.octets().to_vec(),
+                        IpAddr::V6(a) => a.octets().to_vec(),
+                    })
+                    .collect();
+                if !value.is_empty() {
+                    param(key, &value);
+                }
             }
             if let Some(path) = e.doh_path {
-                param(KEY_DOHPATH, format!("{path}{{?dns}}").as_bytes());
+                param(wire::SVC_DOHPATH, format!("{path}{{?dns}}").as_bytes());
             }
             rdata
         })

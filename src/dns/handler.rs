@@ -493,22 +493,18 @@ impl Handler {
                 return servfail(self);
             }
         };
-        let answer = if self.settings.strip_hints {
-            match crate::dns::strip::strip_hints(&answer) {
-                Ok(Some(stripped)) => stripped,
-                Ok(None) => answer,
-                Err(()) => {
-                    Metrics::inc(&self.metrics.upstream_malformed_total);
-                    tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");
-                    return servfail(self);
-                }
-            }
-        } else {
-            answer
-        };
         // The raw answer is passed on as the upstream wrote it (less any stripped hints); the
         // scan checks that every record is within bounds before it is cached or served.
-        let Some(scan) = wire::scan_response(&answer) else {
+        let answer = match self.settings.strip_hints {
+            true => match crate::dns::strip::strip_hints(&answer) {
+                Ok(stripped) => Some(stripped.unwrap_or(answer)),
+                Err(()) => None,
+            },
+            false => Some(answer),
+        };
+        let Some((answer, scan)) =
+            answer.and_then(|a| wire::scan_response(&a).map(|scan| (a, scan)))
+        else {
             Metrics::inc(&self.metrics.upstream_malformed_total);
             tracing::warn!(name = %String::from_utf8_lossy(q.name()), qtype = q.qtype, "malformed upstream answer; SERVFAIL");
             return servfail(self);

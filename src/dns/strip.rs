@@ -5,11 +5,9 @@
 //! inside the RDATA types that may be compressed) is remapped to its target's new offset. It
 //! decides nothing: the handler calls it when the setting asks for it.
 
-use super::wire::{HEADER_LEN, TYPE_HTTPS, TYPE_SVCB, u16_at};
-
-const SVC_MANDATORY: u16 = 0;
-const SVC_IPV4HINT: u16 = 4;
-const SVC_IPV6HINT: u16 = 6;
+use super::wire::{
+    self, HEADER_LEN, SVC_IPV4HINT, SVC_IPV6HINT, SVC_MANDATORY, TYPE_HTTPS, TYPE_SVCB, u16_at,
+};
 
 /// Where a byte string must change: `len` bytes removed at `at`, or a big-endian u16 written
 /// at `at` (positions in the original message).
@@ -126,30 +124,11 @@ fn rdata_names(
 
 /// Plans the removal of the hint parameters of one SVCB/HTTPS RDATA; returns bytes removed.
 fn svcb(msg: &[u8], rdata: usize, end: usize, edits: &mut Vec<Edit>) -> Result<usize, ()> {
-    // SvcPriority, then TargetName (never compressed, RFC 9460 section 2.2).
-    let mut pos = rdata + 2;
-    loop {
-        let len = usize::from(*msg.get(pos).ok_or(())?);
-        if len > 63 {
-            return Err(());
-        }
-        pos += 1 + len;
-        if len == 0 {
-            break;
-        }
-    }
+    let params = wire::svc_params(&msg[rdata..end]).ok_or(())?;
     let mut removed = 0;
-    while pos < end {
-        if pos + 4 > end {
-            return Err(());
-        }
-        let key = u16_at(msg, pos);
-        let len = usize::from(u16_at(msg, pos + 2));
-        let next = pos + 4 + len;
-        if next > end {
-            return Err(());
-        }
-        match key {
+    for p in params {
+        let (pos, len) = (rdata + p.at, p.value.len());
+        match p.key {
             SVC_IPV4HINT | SVC_IPV6HINT => {
                 edits.push(Edit::Remove {
                     at: pos,
@@ -159,10 +138,11 @@ fn svcb(msg: &[u8], rdata: usize, end: usize, edits: &mut Vec<Edit>) -> Result<u
             }
             SVC_MANDATORY => {
                 // A hint named as mandatory goes from the list too; an emptied list goes.
-                let keys: Vec<usize> = (pos + 4..next)
+                let keys: Vec<usize> = (rdata + p.value.start..rdata + p.value.end)
                     .step_by(2)
                     .filter(|&k| {
-                        k + 2 <= next && matches!(u16_at(msg, k), SVC_IPV4HINT | SVC_IPV6HINT)
+                        k + 2 <= rdata + p.value.end
+                            && matches!(u16_at(msg, k), SVC_IPV4HINT | SVC_IPV6HINT)
                     })
                     .collect();
                 if keys.len() * 2 == len && len > 0 {
@@ -185,7 +165,6 @@ fn svcb(msg: &[u8], rdata: usize, end: usize, edits: &mut Vec<Edit>) -> Result<u
             }
             _ => {}
         }
-        pos = next;
     }
     Ok(removed)
 }

@@ -23,6 +23,14 @@ pub const TYPE_AXFR: u16 = 252;
 pub const TYPE_ANY: u16 = 255;
 pub const CLASS_IN: u16 = 1;
 
+/// SvcParamKeys of SVCB/HTTPS records (RFC 9460 section 14.3.2, RFC 9461).
+pub const SVC_MANDATORY: u16 = 0;
+pub const SVC_ALPN: u16 = 1;
+pub const SVC_PORT: u16 = 3;
+pub const SVC_IPV4HINT: u16 = 4;
+pub const SVC_IPV6HINT: u16 = 6;
+pub const SVC_DOHPATH: u16 = 7;
+
 pub const RCODE_NOERROR: u8 = 0;
 pub const RCODE_FORMERR: u8 = 1;
 pub const RCODE_SERVFAIL: u8 = 2;
@@ -209,6 +217,48 @@ fn skip_name(buf: &[u8], mut pos: usize) -> Option<usize> {
             _ => return None,
         }
     }
+}
+
+/// One SvcParam of an SVCB/HTTPS RDATA; offsets are within the RDATA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcParam {
+    /// Where the parameter (its key) starts.
+    pub at: usize,
+    pub key: u16,
+    /// Its value.
+    pub value: std::ops::Range<usize>,
+}
+
+/// The SvcParams of an SVCB/HTTPS RDATA: SvcPriority, an uncompressed TargetName, then
+/// key/length/value triples (RFC 9460 section 2.2). `None` if the RDATA is malformed.
+pub fn svc_params(rdata: &[u8]) -> Option<Vec<SvcParam>> {
+    let mut pos = 2;
+    loop {
+        let len = usize::from(*rdata.get(pos)?);
+        if len > 63 {
+            return None;
+        }
+        pos += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let mut params = Vec::new();
+    while pos < rdata.len() {
+        rdata.get(pos..pos + 4)?;
+        let key = u16_at(rdata, pos);
+        let end = pos + 4 + usize::from(u16_at(rdata, pos + 2));
+        if end > rdata.len() {
+            return None;
+        }
+        params.push(SvcParam {
+            at: pos,
+            key,
+            value: pos + 4..end,
+        });
+        pos = end;
+    }
+    Some(params)
 }
 
 /// Where one resource record's parts are.

@@ -244,19 +244,15 @@ pub fn write_statics(
     nft: &mut Nft,
     statics: &[(SetRef, Element)],
 ) -> Result<(), super::nft::NftError> {
-    let mut tables: Vec<(super::nft::Family, &str)> = Vec::new();
-    for (s, _) in statics {
-        if !tables.contains(&(s.family, s.table.as_str())) {
-            tables.push((s.family, s.table.as_str()));
-        }
-    }
-    for (family, table) in tables {
+    for (family, table) in super::tables(statics.iter().map(|(s, _)| s)) {
         let elems: Vec<(&str, Element)> = statics
             .iter()
             .filter(|(s, _)| s.family == family && s.table == table)
             .map(|(s, e)| (s.name.as_str(), *e))
             .collect();
-        nft.add_elements(family, table, &elems)?;
+        for chunk in elems.chunks(4000) {
+            nft.add_elements(family, table, chunk)?;
+        }
     }
     Ok(())
 }

@@ -369,6 +369,17 @@ impl Firewall {
     }
 }
 
+/// The distinct tables of some sets, in first-seen order: one netlink batch goes to each.
+fn tables<'a>(sets: impl IntoIterator<Item = &'a SetRef>) -> Vec<(Family, &'a str)> {
+    let mut tables: Vec<(Family, &str)> = Vec::new();
+    for s in sets {
+        if !tables.contains(&(s.family, s.table.as_str())) {
+            tables.push((s.family, s.table.as_str()));
+        }
+    }
+    tables
+}
+
 /// One element to write: the want, its absolute expiry if fixed (replays), and whether it is
 /// already in the kernel and must be deleted and added again (kernels without in-place update).
 type Item<'a> = (&'a Want, Option<u64>, bool);
@@ -380,13 +391,7 @@ fn write_grouped(
     items: &[Item<'_>],
     now: u64,
 ) -> Result<(), nft::NftError> {
-    let mut tables: Vec<(Family, &str)> = Vec::new();
-    for s in sets {
-        if !tables.contains(&(s.family, s.table.as_str())) {
-            tables.push((s.family, s.table.as_str()));
-        }
-    }
-    for (family, table) in tables {
+    for (family, table) in tables(sets) {
         let mut add: Vec<(&str, Element)> = Vec::new();
         let mut replace: Vec<(&str, Element)> = Vec::new();
         for (w, exp, again) in items {

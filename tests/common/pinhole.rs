@@ -139,6 +139,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pinhole")
 }
 
+/// Runs the pinhole command line: (exit status success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run pinhole");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `pinhole run --config PATH` and waits for its "listening" log line, which carries the
 /// bound address (the readiness signal).
 pub fn spawn_daemon(config: &Path) -> Daemon {
